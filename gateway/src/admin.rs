@@ -1,0 +1,128 @@
+//! The admin listener: `/health`, `/ready`, `/metrics`, `/admin/config`.
+//!
+//! It runs on its own address (loopback by default), apart from the data plane, so
+//! metrics and config are never reachable through the proxy port.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use gateway_plugin_api::Rejection;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::headers::request_id;
+use crate::server::{Gateway, stopped};
+
+/// Serves the admin endpoints until shutdown.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let gateway = gateway.clone();
+                let service = service_fn(move |request| {
+                    let response = respond(&gateway, &request);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let connection = graceful.watch(builder.serve_connection(TokioIo::new(stream), service).into_owned());
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+            }
+            _ = stopped(&mut shutdown) => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+fn respond(gateway: &Gateway, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET && request.method() != Method::HEAD {
+        let rejection =
+            Rejection::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "admin endpoints answer GET only");
+        return crate::error::render(rejection, &request_id(request.headers()));
+    }
+    match request.uri().path() {
+        "/health" => json_response(StatusCode::OK, &json!({ "status": "alive" })),
+        "/ready" if gateway.is_ready() => json_response(StatusCode::OK, &json!({ "status": "ready" })),
+        "/ready" => json_response(StatusCode::SERVICE_UNAVAILABLE, &json!({ "status": "starting" })),
+        "/metrics" => {
+            let mut response = Response::new(Full::new(Bytes::from(gateway.render_metrics())));
+            response
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            response
+        }
+        "/admin/config" => json_response(StatusCode::OK, &config_document(gateway)),
+        _ => {
+            let rejection = Rejection::new(StatusCode::NOT_FOUND, "not-found", "no such admin endpoint");
+            crate::error::render(rejection, &request_id(request.headers()))
+        }
+    }
+}
+
+/// `/admin/config`: what is being served and where it came from.
+fn config_document(gateway: &Gateway) -> serde_json::Value {
+    let snapshot = gateway.snapshot();
+    let meta = &snapshot.meta;
+    let loaded_at_unix = meta.loaded_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let routes: Vec<_> = snapshot
+        .routes
+        .iter()
+        .filter(|r| r.prefix.is_some())
+        .map(|r| {
+            json!({
+                "name": &*r.name,
+                "prefix": r.prefix,
+                "service": r.service.as_ref().map(|s| &*s.name),
+                "monolith": &*r.monolith.name,
+            })
+        })
+        .collect();
+    let upstreams: serde_json::Map<String, serde_json::Value> = snapshot
+        .upstreams
+        .iter()
+        .map(|(name, u)| {
+            let s = &u.settings;
+            (
+                name.clone(),
+                json!({
+                    "url": s.url,
+                    "timeout_ms": s.timeout.as_millis() as u64,
+                    "connect_timeout_ms": s.connect_timeout.as_millis() as u64,
+                }),
+            )
+        })
+        .collect();
+    json!({
+        "version": meta.version,
+        "source": meta.source.display().to_string(),
+        "checksum": meta.checksum,
+        "loaded_at": httpdate::fmt_http_date(meta.loaded_at),
+        "loaded_at_unix": loaded_at_unix,
+        "last_reload_error": serde_json::Value::Null,
+        "default_upstream": &*snapshot.default_route().monolith.name,
+        "routes": routes,
+        "upstreams": upstreams,
+    })
+}
+
+fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(value.to_string())));
+    *response.status_mut() = status;
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

@@ -1,0 +1,509 @@
+//! Validation and compilation: [`FileConfig`] -> [`Snapshot`].
+//!
+//! Validation collects every problem before giving up, so `gateway check` lists them all
+//! at once, each with line, column and key path. Nothing here panics on input.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use gateway_plugin_api::{DEFAULT_ROUTE_LABEL, Plugin, RouteId};
+use gateway_plugin_metrics::{RequestMetrics, RouteLabels};
+use http::Uri;
+use http::uri::Authority;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use super::defaults::*;
+use super::error::{ConfigError, Diagnostic, SourceMap};
+use super::file::{FileConfig, FileRoute, FileServer, FileUpstream};
+use crate::normalize::normalize_path;
+use crate::router::Router;
+use crate::snapshot::{ConfigMeta, PhasePlugins, Route, ServerSettings, Snapshot};
+use crate::upstream::{Upstream, UpstreamSettings};
+
+/// Most worker threads accepted.
+const MAX_WORKERS: u64 = 1024;
+/// Largest accepted `max_header_bytes` (bytes): 1 MiB.
+const MAX_MAX_HEADER_BYTES: u64 = 1024 * 1024;
+/// Most headers accepted for `max_headers`.
+const MAX_MAX_HEADERS: u64 = 10_000;
+/// Longest accepted timeout of any kind (milliseconds): one hour.
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Reads and compiles the config file at `path`.
+pub fn load(path: &Path, version: u64) -> Result<Snapshot, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    compile(path, &text, version)
+}
+
+/// Validates `text` (the contents of `path`) and compiles it into a snapshot.
+pub fn compile(path: &Path, text: &str, version: u64) -> Result<Snapshot, ConfigError> {
+    let map = SourceMap::new(text);
+    let invalid = |diagnostics: Vec<Diagnostic>| ConfigError::Invalid { path: path.to_owned(), diagnostics };
+    let file: FileConfig = toml::from_str(text).map_err(|e| invalid(vec![map.at(e.span(), e.message())]))?;
+
+    let mut checker = Checker { map: &map, diagnostics: Vec::new() };
+    let checked = checker.check(&file);
+    if !checker.diagnostics.is_empty() {
+        let mut diagnostics = checker.diagnostics;
+        diagnostics.sort_by_key(|d| (d.line, d.column));
+        return Err(invalid(diagnostics));
+    }
+    let checked = checked.expect("a config without diagnostics is complete");
+    let meta = ConfigMeta {
+        version,
+        source: path.to_owned(),
+        checksum: sha256_hex(text.as_bytes()),
+        loaded_at: SystemTime::now(),
+    };
+    Ok(build(checked, meta))
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A config that passed every check.
+struct Checked {
+    server: ServerSettings,
+    default_upstream: String,
+    upstreams: Vec<(UpstreamSettings, Authority)>,
+    routes: Vec<CheckedRoute>,
+}
+
+struct CheckedRoute {
+    name: String,
+    prefix: String,
+    service: String,
+    monolith: String,
+}
+
+struct Checker<'a> {
+    map: &'a SourceMap<'a>,
+    diagnostics: Vec<Diagnostic>,
+}
+
+fn span<T>(value: &Spanned<T>) -> Range<usize> {
+    value.span()
+}
+
+impl Checker<'_> {
+    fn error(&mut self, at: Range<usize>, message: impl Into<String>) {
+        self.diagnostics.push(self.map.at(Some(at), message));
+    }
+
+    fn check(&mut self, file: &FileConfig) -> Option<Checked> {
+        let upstreams = self.check_upstreams(&file.upstreams);
+        let names: HashSet<&str> = file.upstreams.keys().map(|k| k.get_ref().as_str()).collect();
+        let defined = || {
+            let mut list: Vec<&str> = names.iter().copied().collect();
+            list.sort_unstable();
+            if list.is_empty() { "none are defined".to_owned() } else { format!("defined: {}", list.join(", ")) }
+        };
+        let known_upstream = |checker: &mut Self, name: &Spanned<String>| {
+            if !names.contains(name.get_ref().as_str()) {
+                checker.error(span(name), format!("unknown upstream \"{}\" ({})", name.get_ref(), defined()));
+            }
+        };
+        known_upstream(self, &file.server.default_upstream);
+        let server = self.check_server(&file.server, &file.upstreams);
+
+        let mut route_names = HashSet::new();
+        let mut prefixes = HashSet::new();
+        let mut routes = Vec::new();
+        for route in &file.routes {
+            known_upstream(self, &route.service);
+            if let Some(monolith) = &route.monolith {
+                known_upstream(self, monolith);
+            }
+            routes.push(self.check_route(route, &mut route_names, &mut prefixes));
+        }
+        Some(Checked {
+            server: server?,
+            default_upstream: file.server.default_upstream.get_ref().clone(),
+            upstreams,
+            routes: routes.into_iter().collect::<Option<Vec<_>>>()?,
+        })
+    }
+
+    /// An optional millisecond/byte/count setting within `min..=max`, or its default.
+    fn bounded(&mut self, value: &Option<Spanned<u64>>, default: u64, min: u64, max: u64, unit: &str) -> u64 {
+        let Some(value) = value else {
+            return default;
+        };
+        let v = *value.get_ref();
+        if v < min || v > max {
+            self.error(span(value), format!("must be between {min} and {max} {unit}, got {v}"));
+            return default;
+        }
+        v
+    }
+
+    fn socket_addr(&mut self, value: &Spanned<String>) -> Option<SocketAddr> {
+        match value.get_ref().parse::<SocketAddr>() {
+            Ok(addr) => Some(addr),
+            Err(_) => {
+                self.error(span(value), format!("\"{}\" is not IP:PORT (for example 127.0.0.1:8080)", value.get_ref()));
+                None
+            }
+        }
+    }
+
+    fn check_server(
+        &mut self,
+        server: &FileServer,
+        upstreams: &BTreeMap<Spanned<String>, FileUpstream>,
+    ) -> Option<ServerSettings> {
+        let listen = self.socket_addr(&server.listen);
+        let admin_listen = match &server.admin_listen {
+            Some(admin) => self.socket_addr(admin),
+            None => Some(DEFAULT_ADMIN_LISTEN.parse().expect("the default admin address parses")),
+        };
+        if let (Some(l), Some(a), Some(admin)) = (listen, admin_listen, &server.admin_listen) {
+            if l == a && l.port() != 0 {
+                self.error(span(admin), "must differ from server.listen");
+            }
+        }
+        let default_workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        let workers = self.bounded(&server.workers, default_workers, 1, MAX_WORKERS, "threads");
+        let max_header_bytes = self.bounded(
+            &server.max_header_bytes,
+            DEFAULT_MAX_HEADER_BYTES,
+            MIN_MAX_HEADER_BYTES,
+            MAX_MAX_HEADER_BYTES,
+            "bytes",
+        );
+        let max_headers = self.bounded(&server.max_headers, DEFAULT_MAX_HEADERS, 1, MAX_MAX_HEADERS, "headers");
+        let max_body_bytes = self.bounded(&server.max_body_bytes, DEFAULT_MAX_BODY_BYTES, 0, u64::MAX, "bytes");
+        let header_read_timeout =
+            self.bounded(&server.header_read_timeout_ms, DEFAULT_HEADER_READ_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
+        let idle_timeout = self.bounded(&server.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
+        let shutdown_grace =
+            self.bounded(&server.shutdown_grace_ms, DEFAULT_SHUTDOWN_GRACE_MS, 0, MAX_TIMEOUT_MS, "ms");
+
+        // An idle client connection is one with no bytes moving; while the gateway waits for
+        // a slow upstream nothing moves, so the idle limit must outlast every upstream timeout.
+        for (name, upstream) in upstreams {
+            let timeout = upstream.timeout_ms.as_ref().map_or(DEFAULT_UPSTREAM_TIMEOUT_MS, |t| *t.get_ref());
+            if timeout >= idle_timeout {
+                let at = server.idle_timeout_ms.as_ref().map_or_else(|| span(&server.listen), span);
+                self.error(
+                    at,
+                    format!(
+                        "server.idle_timeout_ms ({idle_timeout}) must be longer than upstreams.{}.timeout_ms ({timeout}), \
+                         or slow responses are cut off",
+                        name.get_ref()
+                    ),
+                );
+            }
+        }
+        Some(ServerSettings {
+            listen: listen?,
+            admin_listen: admin_listen?,
+            workers: workers as usize,
+            max_header_bytes: max_header_bytes as usize,
+            max_headers: max_headers as usize,
+            max_body_bytes,
+            header_read_timeout: Duration::from_millis(header_read_timeout),
+            idle_timeout: Duration::from_millis(idle_timeout),
+            shutdown_grace: Duration::from_millis(shutdown_grace),
+            access_log: server.access_log.unwrap_or(true),
+        })
+    }
+
+    fn check_upstreams(
+        &mut self,
+        upstreams: &BTreeMap<Spanned<String>, FileUpstream>,
+    ) -> Vec<(UpstreamSettings, Authority)> {
+        let mut out = Vec::new();
+        for (name, upstream) in upstreams {
+            if !is_identifier(name.get_ref()) {
+                self.error(span(name), "upstream names use only a-z, 0-9, '-' and '_'");
+            }
+            let authority = self.upstream_authority(&upstream.url);
+            let timeout = self.bounded(&upstream.timeout_ms, DEFAULT_UPSTREAM_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
+            let connect_timeout =
+                self.bounded(&upstream.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
+            let pool_idle_timeout =
+                self.bounded(&upstream.pool_idle_timeout_ms, DEFAULT_POOL_IDLE_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
+            let pool_max_idle = self.bounded(&upstream.pool_max_idle, DEFAULT_POOL_MAX_IDLE, 0, 65_536, "connections");
+            if let Some(authority) = authority {
+                let settings = UpstreamSettings {
+                    name: name.get_ref().clone(),
+                    url: upstream.url.get_ref().clone(),
+                    timeout: Duration::from_millis(timeout),
+                    connect_timeout: Duration::from_millis(connect_timeout),
+                    pool_idle_timeout: Duration::from_millis(pool_idle_timeout),
+                    pool_max_idle: pool_max_idle as usize,
+                };
+                out.push((settings, authority));
+            }
+        }
+        out
+    }
+
+    fn upstream_authority(&mut self, url: &Spanned<String>) -> Option<Authority> {
+        let text = url.get_ref();
+        let uri = match text.parse::<Uri>() {
+            Ok(uri) => uri,
+            Err(e) => {
+                self.error(span(url), format!("\"{text}\" is not a url ({e}); write it as http://HOST:PORT"));
+                return None;
+            }
+        };
+        let problem = match (uri.scheme_str(), uri.authority()) {
+            (Some("https"), _) => {
+                Some("https upstreams are not supported yet; use http:// (TLS to upstreams is planned)")
+            }
+            (Some("http"), Some(a)) if a.as_str().contains('@') => Some("credentials in the url are not allowed"),
+            (Some("http"), Some(_)) if !matches!(uri.path(), "" | "/") || uri.query().is_some() => {
+                Some("the url must not have a path or query: the upstream receives the path the client sent")
+            }
+            (Some("http"), Some(_)) => None,
+            _ => Some("write the url as http://HOST:PORT"),
+        };
+        if let Some(problem) = problem {
+            self.error(span(url), format!("\"{text}\": {problem}"));
+            return None;
+        }
+        uri.authority().cloned()
+    }
+
+    fn check_route(
+        &mut self,
+        route: &FileRoute,
+        names: &mut HashSet<String>,
+        prefixes: &mut HashSet<String>,
+    ) -> Option<CheckedRoute> {
+        let name = route.name.get_ref();
+        let mut ok = true;
+        if !is_identifier(name) || name.starts_with('_') {
+            self.error(span(&route.name), "route names use only a-z, 0-9, '-' and '_', and do not start with '_'");
+            ok = false;
+        } else if !names.insert(name.clone()) {
+            self.error(span(&route.name), format!("duplicate route name \"{name}\""));
+            ok = false;
+        }
+        let prefix = route.prefix.get_ref();
+        match prefix_problem(prefix) {
+            Some(problem) => {
+                self.error(span(&route.prefix), format!("\"{prefix}\": {problem}"));
+                ok = false;
+            }
+            None if !prefixes.insert(prefix.to_ascii_lowercase()) => {
+                self.error(
+                    span(&route.prefix),
+                    format!("another route already has the prefix \"{prefix}\" (prefixes match case-insensitively)"),
+                );
+                ok = false;
+            }
+            None => {}
+        }
+        ok.then(|| CheckedRoute {
+            name: name.clone(),
+            prefix: prefix.clone(),
+            service: route.service.get_ref().clone(),
+            monolith: route.monolith.as_ref().map(|m| m.get_ref().clone()).unwrap_or_default(),
+        })
+    }
+}
+
+/// Why a route prefix is unusable, if it is.
+fn prefix_problem(prefix: &str) -> Option<&'static str> {
+    if !prefix.starts_with('/') {
+        return Some("a prefix starts with '/'");
+    }
+    if prefix.len() > 1 && prefix.ends_with('/') {
+        return Some("drop the trailing '/': a prefix matches whole segments, so \"/api\" already covers \"/api/...\"");
+    }
+    if prefix.contains(['?', '#', ';']) {
+        return Some("a prefix is a path only, without '?', '#' or ';'");
+    }
+    match normalize_path(prefix) {
+        Ok(normal) if normal == prefix => None,
+        _ => Some("a prefix must be a normalised path (no '.', '..', '//', '\\' or escapes of plain characters)"),
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn build(checked: Checked, meta: ConfigMeta) -> Snapshot {
+    let upstreams: BTreeMap<String, Arc<Upstream>> = checked
+        .upstreams
+        .into_iter()
+        .map(|(settings, authority)| (settings.name.clone(), Arc::new(Upstream::new(settings, authority))))
+        .collect();
+    let upstream = |name: &str| upstreams.get(name).cloned().expect("route upstreams were checked to exist");
+    let default_monolith = upstream(&checked.default_upstream);
+
+    let mut routes: Vec<Route> = checked
+        .routes
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| Route {
+            id: RouteId(i),
+            name: Arc::from(r.name.as_str()),
+            prefix: Some(r.prefix),
+            service: Some(upstream(&r.service)),
+            monolith: if r.monolith.is_empty() { default_monolith.clone() } else { upstream(&r.monolith) },
+        })
+        .collect();
+    let default_id = RouteId(routes.len());
+    routes.push(Route {
+        id: default_id,
+        name: Arc::from(DEFAULT_ROUTE_LABEL),
+        prefix: None,
+        service: None,
+        monolith: default_monolith,
+    });
+    let router = Router::new(
+        routes.iter().filter_map(|r| r.prefix.as_ref().map(|p| (p.to_ascii_lowercase(), r.id))),
+        default_id,
+    );
+    let labels: Vec<RouteLabels> = routes
+        .iter()
+        .map(|r| RouteLabels {
+            route: r.name.to_string(),
+            monolith_upstream: r.monolith.name.to_string(),
+            service_upstream: r.service.as_ref().map(|s| s.name.to_string()),
+        })
+        .collect();
+    // Handles registered before a recorder exists would count into nothing.
+    crate::telemetry::metrics_handle();
+    let plugins: Vec<Arc<dyn Plugin>> = vec![Arc::new(RequestMetrics::new(&labels))];
+    Snapshot { meta, server: checked.server, upstreams, routes, router, plugins: PhasePlugins::new(plugins) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+default_upstream = "monolith"
+
+[upstreams.monolith]
+url = "http://127.0.0.1:3000"
+
+[upstreams.users]
+url = "http://127.0.0.1:3001"
+timeout_ms = 2000
+"#;
+
+    fn errors(text: &str) -> Vec<String> {
+        match compile(Path::new("routes.toml"), text, 1) {
+            Ok(_) => Vec::new(),
+            Err(ConfigError::Invalid { diagnostics, .. }) => diagnostics.iter().map(|d| d.to_string()).collect(),
+            Err(e) => vec![e.to_string()],
+        }
+    }
+
+    #[test]
+    fn a_good_config_compiles() {
+        let text = format!("{BASE}\n[[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\n");
+        let snapshot = compile(Path::new("routes.toml"), &text, 7).expect("valid");
+        assert_eq!(snapshot.meta.version, 7);
+        assert_eq!(snapshot.routes.len(), 2);
+        assert_eq!(snapshot.router.find("/api/users/1"), RouteId(0));
+        assert_eq!(snapshot.router.find("/elsewhere"), RouteId(1));
+        assert_eq!(&*snapshot.default_route().monolith.name, "monolith");
+        assert_eq!(snapshot.server.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(snapshot.meta.checksum.len(), 64);
+    }
+
+    /// Each bad snippet yields a message with line:col, the key path and what is wrong.
+    #[test]
+    fn bad_snippets_name_line_column_and_key() {
+        let route = |body: &str| format!("{BASE}\n[[routes]]\n{body}\n");
+        let cases: Vec<(String, &str)> = vec![
+            (format!("{BASE}\nbogus = 1\n"), "13:1: upstreams.users.bogus: unknown field `bogus`"),
+            (
+                BASE.replace("listen = \"127.0.0.1:8080\"", "listen = \"localhost\""),
+                "3:10: server.listen: \"localhost\" is not IP:PORT",
+            ),
+            (
+                BASE.replace("default_upstream = \"monolith\"", "default_upstream = \"mono\""),
+                "4:20: server.default_upstream: unknown upstream \"mono\" (defined: monolith, users)",
+            ),
+            (
+                BASE.replace("timeout_ms = 2000", "timeout_ms = 0"),
+                "11:14: upstreams.users.timeout_ms: must be between 1 and 3600000 ms, got 0",
+            ),
+            (
+                BASE.replace("timeout_ms = 2000", "timeout_ms = \"2s\""),
+                "11:14: upstreams.users.timeout_ms: invalid type: string \"2s\", expected u64",
+            ),
+            (
+                BASE.replace("http://127.0.0.1:3001", "https://127.0.0.1:3001"),
+                "10:7: upstreams.users.url: \"https://127.0.0.1:3001\": https upstreams are not supported yet",
+            ),
+            (
+                BASE.replace("http://127.0.0.1:3001", "http://127.0.0.1:3001/v1"),
+                "10:7: upstreams.users.url: \"http://127.0.0.1:3001/v1\": the url must not have a path",
+            ),
+            (
+                route("name = \"users\"\nprefix = \"api/users\"\nservice = \"users\""),
+                "15:10: routes[0].prefix: \"api/users\": a prefix starts with '/'",
+            ),
+            (
+                route("name = \"users\"\nprefix = \"/api/users/\"\nservice = \"users\""),
+                "15:10: routes[0].prefix: \"/api/users/\": drop the trailing '/'",
+            ),
+            (
+                route("name = \"users\"\nprefix = \"/api/../users\"\nservice = \"users\""),
+                "15:10: routes[0].prefix: \"/api/../users\": a prefix must be a normalised path",
+            ),
+            (
+                route("name = \"users\"\nprefix = \"/api/users\"\nservice = \"userz\""),
+                "16:11: routes[0].service: unknown upstream \"userz\"",
+            ),
+            (
+                route("name = \"Users!\"\nprefix = \"/api/users\"\nservice = \"users\""),
+                "14:8: routes[0].name: route names use only",
+            ),
+            (route("name = \"users\"\nprefix = \"/api/users\""), "13:1: routes[0]: missing field `service`"),
+            (
+                route(
+                    "name = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\n[[routes]]\nname = \"users\"\nprefix = \"/API/Users\"\nservice = \"users\"",
+                ),
+                "18:8: routes[1].name: duplicate route name \"users\"",
+            ),
+            (
+                BASE.replace("[upstreams.monolith]", "idle_timeout_ms = 2000\n[upstreams.monolith]"),
+                "server.idle_timeout_ms (2000) must be longer than upstreams.users.timeout_ms (2000)",
+            ),
+            ("[server\n".to_owned(), "1:8: unclosed table"),
+        ];
+        for (text, expected) in cases {
+            let got = errors(&text);
+            assert!(
+                got.iter().any(|e| e.contains(expected)),
+                "expected {expected:?} in {got:#?}\n--- config ---\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let text = BASE
+            .replace("listen = \"127.0.0.1:8080\"", "listen = \"nope\"")
+            .replace("default_upstream = \"monolith\"", "default_upstream = \"missing\"")
+            .replace("timeout_ms = 2000", "timeout_ms = 0");
+        let got = errors(&text);
+        assert_eq!(got.len(), 3, "{got:#?}");
+        assert!(got[0].starts_with("3:"), "sorted by line: {got:#?}");
+    }
+
+    #[test]
+    fn the_error_names_the_file() {
+        let err = compile(Path::new("conf/routes.toml"), "[server]\n", 1).expect_err("missing keys");
+        assert!(err.to_string().starts_with("conf/routes.toml:1:1: server: missing field `listen`"), "{err}");
+    }
+}

@@ -1,0 +1,26 @@
+//! Default values for every optional key, each with its unit.
+
+/// Admin listener: loopback only, so metrics and config are not exposed by accident.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9901";
+/// Largest request head: 32 KiB (bytes), room for a few large JWTs and cookies.
+pub const DEFAULT_MAX_HEADER_BYTES: u64 = 32 * 1024;
+/// Smallest accepted `max_header_bytes` (bytes): hyper's minimum read buffer.
+pub const MIN_MAX_HEADER_BYTES: u64 = 8 * 1024;
+/// Most request headers: 100 (count), hyper's stack-allocated default.
+pub const DEFAULT_MAX_HEADERS: u64 = 100;
+/// Largest request body: 10 MiB (bytes).
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Time to receive a request head: 10 seconds (milliseconds).
+pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Client connection inactivity limit: 60 seconds (milliseconds).
+pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Grace period for in-flight requests on SIGTERM: 30 seconds (milliseconds).
+pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
+/// Upstream response-head timeout: 5 seconds (milliseconds).
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 5_000;
+/// Upstream TCP connect timeout: 1 second (milliseconds).
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Pooled idle upstream connection lifetime: 30 seconds (milliseconds).
+pub const DEFAULT_POOL_IDLE_TIMEOUT_MS: u64 = 30_000;
+/// Idle connections kept per upstream: 128 (count).
+pub const DEFAULT_POOL_MAX_IDLE: u64 = 128;

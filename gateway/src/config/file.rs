@@ -1,0 +1,84 @@
+//! The raw shape of `routes.toml`: serde types that mirror the file one to one.
+//!
+//! Unknown keys are rejected (`deny_unknown_fields`) so a typo is an error, not a silent
+//! default. Fields that later checks point at are `Spanned`, so every semantic error can
+//! name its line and column. Defaults live in [`super::defaults`]; nothing here is
+//! validated: `compile` turns these into an immutable [`crate::snapshot::Snapshot`].
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `[server]`: listeners, the trunk upstream and client-facing limits.
+    pub server: FileServer,
+    /// `[upstreams.<name>]`: every backend the gateway may call, by name.
+    #[serde(default)]
+    pub upstreams: BTreeMap<Spanned<String>, FileUpstream>,
+    /// `[[routes]]`: path prefixes that an extracted service answers.
+    #[serde(default)]
+    pub routes: Vec<FileRoute>,
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileServer {
+    /// Client-facing listener, `IP:PORT`.
+    pub listen: Spanned<String>,
+    /// Admin listener (health, metrics, config), `IP:PORT`; loopback by default.
+    pub admin_listen: Option<Spanned<String>>,
+    /// Upstream that serves every request no route matches (the trunk).
+    pub default_upstream: Spanned<String>,
+    /// Runtime worker threads; defaults to the number of CPUs.
+    pub workers: Option<Spanned<u64>>,
+    /// Largest request head (request line + headers) in bytes; at least 8192.
+    pub max_header_bytes: Option<Spanned<u64>>,
+    /// Most request headers accepted.
+    pub max_headers: Option<Spanned<u64>>,
+    /// Largest request body in bytes (413 beyond it).
+    pub max_body_bytes: Option<Spanned<u64>>,
+    /// Time a client has to send a complete request head (also bounds HTTP/1 keep-alive idle).
+    pub header_read_timeout_ms: Option<Spanned<u64>>,
+    /// A client connection with no bytes moving either way for this long is closed.
+    pub idle_timeout_ms: Option<Spanned<u64>>,
+    /// On SIGTERM, time given to in-flight requests before the process exits.
+    pub shutdown_grace_ms: Option<Spanned<u64>>,
+    /// Write one JSON access-log line per request.
+    pub access_log: Option<bool>,
+}
+
+/// `[upstreams.<name>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileUpstream {
+    /// `http://host:port`, without a path: the upstream receives the path the client sent.
+    pub url: Spanned<String>,
+    /// Time allowed from sending the request to the response head (504 beyond it).
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// Time allowed to open a TCP connection (502 beyond it).
+    pub connect_timeout_ms: Option<Spanned<u64>>,
+    /// A pooled idle connection is closed after this long; keep it below the upstream's own
+    /// keep-alive timeout so the gateway never reuses a connection the upstream is closing.
+    pub pool_idle_timeout_ms: Option<Spanned<u64>>,
+    /// Idle connections kept per upstream.
+    pub pool_max_idle: Option<Spanned<u64>>,
+}
+
+/// One `[[routes]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    /// Stable identifier: metric label, log field; `[a-z0-9_-]`, unique.
+    pub name: Spanned<String>,
+    /// Whole-segment path prefix, lower case, e.g. `/api/users`.
+    pub prefix: Spanned<String>,
+    /// Upstream of the extracted service that answers this prefix.
+    pub service: Spanned<String>,
+    /// The route's monolith; defaults to `server.default_upstream`.
+    pub monolith: Option<Spanned<String>>,
+}

@@ -1,0 +1,122 @@
+//! `gateway demo`: a demo monolith and demo services on loopback, so a new user sees
+//! routing work before wiring up real upstreams.
+//!
+//! Each demo upstream answers every request with a small JSON document naming itself and
+//! echoing what it received (method, path, forwarding headers), which makes the routing
+//! decision and the header hygiene visible from curl.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::snapshot::Snapshot;
+
+/// The bundled `routes.toml`, used when the demo is run where no such file exists.
+pub const BUNDLED_ROUTES: &str = include_str!("../../routes.toml");
+
+/// Why a demo upstream could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The configured url is not a loopback IP:PORT the demo can serve.
+    #[error("upstream {name}: the demo serves only loopback IP:PORT urls, not {url}")]
+    NotLocal {
+        /// Upstream name.
+        name: String,
+        /// Its url.
+        url: String,
+    },
+    /// The address is taken.
+    #[error("upstream {name}: cannot listen on {addr}: {source} (is something else running there?)")]
+    Bind {
+        /// Upstream name.
+        name: String,
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// Starts one echo server per configured upstream, on the address its url names.
+pub async fn start_upstreams(snapshot: &Snapshot) -> Result<Vec<(String, SocketAddr)>, DemoError> {
+    let mut started = Vec::new();
+    for (name, upstream) in &snapshot.upstreams {
+        let url = &upstream.settings.url;
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .parse::<SocketAddr>()
+            .ok()
+            .filter(|a| a.ip().is_loopback())
+            .ok_or_else(|| DemoError::NotLocal { name: name.clone(), url: url.clone() })?;
+        let listener =
+            TcpListener::bind(addr).await.map_err(|source| DemoError::Bind { name: name.clone(), addr, source })?;
+        tokio::spawn(serve_echo(listener, Arc::from(name.as_str())));
+        started.push((name.clone(), addr));
+    }
+    Ok(started)
+}
+
+async fn serve_echo(listener: TcpListener, name: Arc<str>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let name = name.clone();
+        let service = service_fn(move |request| {
+            let response = echo(&name, &request);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+}
+
+fn echo(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let header = |n: &str| request.headers().get(n).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let body = json!({
+        "served_by": name,
+        "method": request.method().as_str(),
+        "path": request.uri().path(),
+        "query": request.uri().query(),
+        "x_request_id": header("x-request-id"),
+        "x_forwarded_for": header("x-forwarded-for"),
+        "x_forwarded_proto": header("x-forwarded-proto"),
+    });
+    let mut response = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The lines printed for the user to try: one per route, one unmatched, the admin side.
+pub fn try_lines(snapshot: &Snapshot, listen: SocketAddr, admin: SocketAddr) -> Vec<String> {
+    let mut lines = Vec::new();
+    for route in &snapshot.routes {
+        if let (Some(prefix), Some(service)) = (&route.prefix, &route.service) {
+            lines.push(format!(
+                "curl -s http://{listen}{prefix}/42        # route {} -> service {}",
+                route.name, service.name
+            ));
+        }
+    }
+    lines.push(format!(
+        "curl -s http://{listen}/some/legacy/page   # no route -> {}",
+        snapshot.default_route().monolith.name
+    ));
+    lines.push(format!("curl -si 'http://{listen}/api/%2e%2e/admin'   # normalised to /admin before routing"));
+    lines.push(format!("curl -s http://{admin}/metrics | grep gateway_requests_total"));
+    lines.push(format!("curl -s http://{admin}/admin/config"));
+    lines
+}

@@ -1,0 +1,141 @@
+//! Header hygiene between client and upstream: hop-by-hop headers, forwarding headers and
+//! the request id.
+
+use std::hash::{BuildHasher, RandomState};
+use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+/// Request id header: kept from the client when sane, otherwise made; always returned.
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// Client address chain; the gateway appends the peer address.
+pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// Scheme the client used to reach the gateway.
+pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+/// Names the reason on every response the gateway makes itself.
+pub static X_GATEWAY_ERROR: HeaderName = HeaderName::from_static("x-gateway-error");
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus the
+/// non-standard `keep-alive` and `proxy-connection`.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Longest client-supplied request id kept (bytes).
+const MAX_REQUEST_ID_LEN: usize = 128;
+
+/// Removes hop-by-hop headers, including any the `Connection` header nominates.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let nominated: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+            .collect();
+        for name in nominated {
+            headers.remove(&name);
+        }
+    }
+    for name in &HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto`.
+/// `client_ip` is formatted once per connection by the caller.
+pub fn set_forwarding(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+    let chain = match headers.get(&X_FORWARDED_FOR) {
+        Some(previous) => {
+            let mut joined = Vec::with_capacity(previous.len() + 2 + client_ip.len());
+            joined.extend_from_slice(previous.as_bytes());
+            joined.extend_from_slice(b", ");
+            joined.extend_from_slice(client_ip.as_bytes());
+            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
+        }
+        None => client_ip.clone(),
+    };
+    headers.insert(&X_FORWARDED_FOR, chain);
+    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+}
+
+/// The request id to use: the client's if it is short printable ASCII, else a new one.
+pub fn request_id(headers: &HeaderMap) -> HeaderValue {
+    match headers.get(&X_REQUEST_ID) {
+        Some(id) if is_sane_request_id(id) => id.clone(),
+        _ => new_request_id(),
+    }
+}
+
+fn is_sane_request_id(id: &HeaderValue) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty() && bytes.len() <= MAX_REQUEST_ID_LEN && bytes.iter().all(|b| b.is_ascii_graphic())
+}
+
+/// 32 hex digits: a random per-process prefix and a counter, unique without a syscall.
+fn new_request_id() -> HeaderValue {
+    static PROCESS_PREFIX: LazyLock<u64> = LazyLock::new(|| RandomState::new().hash_one(std::process::id()));
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let count = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let mut buf = [0u8; 32];
+    for (i, word) in [*PROCESS_PREFIX, count].into_iter().enumerate() {
+        for nibble in 0..16 {
+            buf[i * 16 + nibble] = HEX[((word >> (60 - nibble * 4)) & 0xf) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&buf).expect("hex digits are valid header bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_standard_and_nominated_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, x-secret-hop"));
+        h.insert("x-secret-hop", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("traceparent", HeaderValue::from_static("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("traceparent"));
+    }
+
+    #[test]
+    fn forwarding_appends_to_the_chain() {
+        let mut h = HeaderMap::new();
+        let ip = HeaderValue::from_static("10.0.0.9");
+        set_forwarding(&mut h, &ip);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        set_forwarding(&mut h, &ip);
+        assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+    }
+
+    #[test]
+    fn request_ids_are_kept_when_sane_and_made_otherwise() {
+        let mut h = HeaderMap::new();
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(&X_REQUEST_ID, HeaderValue::from_static("has space"));
+        let made = request_id(&h);
+        assert_eq!(made.len(), 32);
+        let other = request_id(&HeaderMap::new());
+        assert_ne!(made, other);
+    }
+}

@@ -1,0 +1,141 @@
+//! The `gateway` command line. The only place `anyhow` is used.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use gateway::config::{self, ConfigError};
+use gateway::snapshot::Snapshot;
+
+#[derive(Parser)]
+#[command(name = "gateway", version, about = "Strangler-fig API gateway: monolith or extracted service, per path")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve traffic with the given config. Logs are JSON lines on stderr.
+    Run {
+        /// The routes file.
+        #[arg(long, default_value = "routes.toml")]
+        config: PathBuf,
+    },
+    /// Validate a routes file: exit 0, or exit 1 listing every error as FILE:LINE:COL.
+    Check {
+        /// The routes file.
+        file: PathBuf,
+    },
+    /// Start demo upstreams on loopback and the gateway in front of them.
+    Demo {
+        /// The routes file; the bundled one is used if this file does not exist.
+        #[arg(long, default_value = "routes.toml")]
+        config: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Check { file } => return check(&file),
+        Command::Run { config } => load_or_exit(&config).and_then(|s| serve(s, false)),
+        Command::Demo { config } => demo_config(&config).and_then(|s| serve(s, true)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("gateway: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(file: &Path) -> ExitCode {
+    match config::load(file, 1) {
+        Ok(snapshot) => {
+            println!(
+                "{}: ok ({} routes, {} upstreams, checksum {})",
+                file.display(),
+                snapshot.routes.len() - 1,
+                snapshot.upstreams.len(),
+                &snapshot.meta.checksum[..12]
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_or_exit(path: &Path) -> anyhow::Result<Snapshot> {
+    config::load(path, 1).map_err(explain_config_error)
+}
+
+fn demo_config(path: &Path) -> anyhow::Result<Snapshot> {
+    if path.exists() {
+        return load_or_exit(path);
+    }
+    eprintln!("{} not found; using the bundled routes.toml", path.display());
+    config::compile(Path::new("routes.toml (bundled)"), gateway::demo::BUNDLED_ROUTES, 1).map_err(explain_config_error)
+}
+
+fn explain_config_error(e: ConfigError) -> anyhow::Error {
+    anyhow::anyhow!("invalid config, nothing started:\n{e}")
+}
+
+fn serve(snapshot: Snapshot, demo: bool) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(snapshot.server.workers)
+        .thread_name("gateway-worker")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let _log_guard = gateway::telemetry::init_logging();
+    runtime.block_on(async move {
+        if demo {
+            let upstreams = gateway::demo::start_upstreams(&snapshot).await?;
+            for (name, addr) in upstreams {
+                println!("demo upstream {name:<10} http://{addr}");
+            }
+        }
+        let running = gateway::server::start(snapshot).await?;
+        tracing::info!(
+            listen = %running.listen_addr,
+            admin = %running.admin_addr,
+            version = running.gateway.snapshot().meta.version,
+            "gateway started"
+        );
+        if demo {
+            let snapshot = running.gateway.snapshot();
+            println!("gateway            http://{}", running.listen_addr);
+            println!("admin              http://{}", running.admin_addr);
+            println!("\nTry:");
+            for line in gateway::demo::try_lines(&snapshot, running.listen_addr, running.admin_addr) {
+                println!("  {line}");
+            }
+            println!("\nCtrl-C stops the demo.");
+        }
+        wait_for_stop_signal().await?;
+        tracing::info!("stop signal received");
+        running.shutdown();
+        running.wait().await;
+        tracing::info!("gateway stopped");
+        Ok(())
+    })
+}
+
+/// SIGTERM (orchestrators) or SIGINT (Ctrl-C).
+async fn wait_for_stop_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,227 @@
+//! Listeners and lifecycle: accept, serve HTTP/1.1 and h2c, drain on shutdown.
+//!
+//! [`start`] binds both listeners and returns at once with their addresses (port 0 works,
+//! which is how the tests run many gateways side by side). [`RunningGateway::shutdown`]
+//! stops accepting; in-flight requests get `server.shutdown_grace_ms` to finish.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::idle::IdleTimeoutStream;
+use crate::pipeline;
+use crate::snapshot::{ServerSettings, Snapshot};
+
+/// Pause after a failed accept (for example EMFILE), so the loop does not spin.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// Most concurrent HTTP/2 streams per client connection.
+const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// How often histogram samples are folded in, so memory stays flat between scrapes.
+const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+
+/// State shared by the data plane and the admin listener.
+pub struct Gateway {
+    config: ArcSwap<Snapshot>,
+    ready: AtomicBool,
+    metrics: PrometheusHandle,
+}
+
+impl Gateway {
+    fn new(snapshot: Snapshot) -> Self {
+        Gateway {
+            config: ArcSwap::from_pointee(snapshot),
+            ready: AtomicBool::new(false),
+            metrics: crate::telemetry::metrics_handle(),
+        }
+    }
+
+    /// The config snapshot new requests start with.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.config.load_full()
+    }
+
+    /// True once the config is loaded and both listeners are bound.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Prometheus text of every metric.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// Which listener.
+        what: &'static str,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// A started gateway.
+pub struct RunningGateway {
+    /// Where the data plane listens.
+    pub listen_addr: SocketAddr,
+    /// Where the admin endpoints listen.
+    pub admin_addr: SocketAddr,
+    /// Shared state, for in-process inspection.
+    pub gateway: Arc<Gateway>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningGateway {
+    /// Stops accepting connections and starts draining in-flight requests.
+    pub fn shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// Waits until both listeners have stopped and in-flight requests have finished (or
+    /// the grace period ran out).
+    pub async fn wait(self) {
+        for task in self.tasks {
+            if let Err(e) = task.await {
+                tracing::error!(error = %e, "a listener task failed");
+            }
+        }
+    }
+}
+
+/// Binds the listeners and starts serving `snapshot`.
+pub async fn start(snapshot: Snapshot) -> Result<RunningGateway, StartError> {
+    let settings = snapshot.server.clone();
+    let bind = |addr: SocketAddr, what: &'static str| async move {
+        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, what, source })
+    };
+    let listener = bind(settings.listen, "server.listen").await?;
+    let admin_listener = bind(settings.admin_listen, "server.admin_listen").await?;
+    let listen_addr = listener.local_addr().map_err(|source| StartError::Bind {
+        addr: settings.listen,
+        what: "server.listen",
+        source,
+    })?;
+    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
+        addr: settings.admin_listen,
+        what: "server.admin_listen",
+        source,
+    })?;
+
+    let gateway = Arc::new(Gateway::new(snapshot));
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(serve_proxy(listener, gateway.clone(), settings, shutdown_rx.clone())),
+        tokio::spawn(crate::admin::serve(admin_listener, gateway.clone(), shutdown_rx.clone())),
+        tokio::spawn(metrics_upkeep(gateway.metrics.clone(), shutdown_rx)),
+    ];
+    gateway.ready.store(true, Ordering::Release);
+    Ok(RunningGateway { listen_addr, admin_addr, gateway, shutdown, tasks })
+}
+
+fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut http1 = builder.http1();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes);
+    // hyper keeps up to 100 header slots on the stack; only a different limit costs a heap
+    // allocation per request.
+    if settings.max_headers != 100 {
+        http1.max_headers(settings.max_headers);
+    }
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS);
+    builder
+}
+
+async fn serve_proxy(
+    listener: TcpListener,
+    gateway: Arc<Gateway>,
+    settings: ServerSettings,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let builder = connection_builder(&settings);
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+                        continue;
+                    }
+                };
+                if let Err(e) = stream.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+                let client_ip = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value");
+                let gateway = gateway.clone();
+                let service = service_fn(move |request| {
+                    let snapshot = gateway.snapshot();
+                    let client_ip = client_ip.clone();
+                    async move { Ok::<_, Infallible>(pipeline::handle(snapshot, request, &client_ip).await) }
+                });
+                let io = TokioIo::new(IdleTimeoutStream::new(stream, settings.idle_timeout));
+                let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = connection.await {
+                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                    }
+                });
+            }
+            _ = stopped(&mut shutdown) => break,
+        }
+    }
+    drop(listener);
+    let in_flight = graceful.count();
+    tracing::info!(
+        connections = in_flight,
+        grace_ms = settings.shutdown_grace.as_millis() as u64,
+        "stopped accepting; draining"
+    );
+    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!("grace period ran out with requests still in flight; closing them");
+    }
+}
+
+/// Resolves once shutdown has been requested (also if it already was).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it here, inside this future.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+async fn metrics_upkeep(metrics: PrometheusHandle, mut shutdown: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(METRICS_UPKEEP_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => metrics.run_upkeep(),
+            _ = stopped(&mut shutdown) => return,
+        }
+    }
+}

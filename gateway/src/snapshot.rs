@@ -1,0 +1,149 @@
+//! The compiled, immutable config a request runs against from start to end.
+//!
+//! A snapshot is built by [`crate::config::compile`], never mutated, and swapped in whole
+//! (one `ArcSwap`), so a request never sees half of one config and half of another.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use gateway_plugin_api::{Plugin, RouteId, Target};
+
+use crate::router::Router;
+use crate::upstream::Upstream;
+
+/// Where a snapshot came from.
+#[derive(Clone, Debug)]
+pub struct ConfigMeta {
+    /// 1 for the first config loaded, +1 per applied reload.
+    pub version: u64,
+    /// The file it was read from.
+    pub source: PathBuf,
+    /// SHA-256 of the file's bytes, hex.
+    pub checksum: String,
+    /// When it was loaded.
+    pub loaded_at: SystemTime,
+}
+
+/// `[server]`, validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerSettings {
+    /// Client-facing listener.
+    pub listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Runtime worker threads.
+    pub workers: usize,
+    /// Largest request head, bytes.
+    pub max_header_bytes: usize,
+    /// Most request headers.
+    pub max_headers: usize,
+    /// Largest request body, bytes.
+    pub max_body_bytes: u64,
+    /// Time to receive a request head.
+    pub header_read_timeout: Duration,
+    /// Client connection inactivity limit.
+    pub idle_timeout: Duration,
+    /// Drain period on shutdown.
+    pub shutdown_grace: Duration,
+    /// Whether to write access-log lines.
+    pub access_log: bool,
+}
+
+/// A route, compiled. The default route (unmatched traffic) is the last in the table.
+#[derive(Debug)]
+pub struct Route {
+    /// Index in [`Snapshot::routes`].
+    pub id: RouteId,
+    /// Route name, or [`gateway_plugin_api::DEFAULT_ROUTE_LABEL`].
+    pub name: Arc<str>,
+    /// The configured prefix; `None` for the default route.
+    pub prefix: Option<String>,
+    /// The extracted service; `None` for the default route.
+    pub service: Option<Arc<Upstream>>,
+    /// The monolith side.
+    pub monolith: Arc<Upstream>,
+}
+
+impl Route {
+    /// The side that answers this route, and its upstream.
+    pub fn select_target(&self) -> (Target, &Arc<Upstream>) {
+        match &self.service {
+            Some(service) => (Target::Service, service),
+            None => (Target::Monolith, &self.monolith),
+        }
+    }
+}
+
+/// Plugins grouped by the phase they take part in, in pipeline order.
+#[derive(Default)]
+pub struct PhasePlugins {
+    /// Run at `on_request`.
+    pub on_request: Vec<Arc<dyn Plugin>>,
+    /// Run at `on_response`.
+    pub on_response: Vec<Arc<dyn Plugin>>,
+    /// Run at `on_complete`.
+    pub on_complete: Vec<Arc<dyn Plugin>>,
+}
+
+impl PhasePlugins {
+    /// Files each plugin under the phases it declares.
+    pub fn new(plugins: Vec<Arc<dyn Plugin>>) -> Self {
+        let mut phases = PhasePlugins::default();
+        for plugin in plugins {
+            let declared = plugin.phases();
+            if declared.on_request {
+                phases.on_request.push(plugin.clone());
+            }
+            if declared.on_response {
+                phases.on_response.push(plugin.clone());
+            }
+            if declared.on_complete {
+                phases.on_complete.push(plugin);
+            }
+        }
+        phases
+    }
+}
+
+impl std::fmt::Debug for PhasePlugins {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names = |list: &[Arc<dyn Plugin>]| list.iter().map(|p| p.name()).collect::<Vec<_>>();
+        f.debug_struct("PhasePlugins")
+            .field("on_request", &names(&self.on_request))
+            .field("on_response", &names(&self.on_response))
+            .field("on_complete", &names(&self.on_complete))
+            .finish()
+    }
+}
+
+/// Everything one request needs from the config.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Version, source, checksum.
+    pub meta: ConfigMeta,
+    /// `[server]`.
+    pub server: ServerSettings,
+    /// Upstreams by name.
+    pub upstreams: BTreeMap<String, Arc<Upstream>>,
+    /// Routes in file order, then the default route; indexed by [`RouteId`].
+    pub routes: Vec<Route>,
+    /// Path -> route.
+    pub router: Router,
+    /// Plugins per phase.
+    pub plugins: PhasePlugins,
+}
+
+impl Snapshot {
+    /// The route with this id (ids come from this snapshot's router, so it exists).
+    pub fn route(&self, id: RouteId) -> &Route {
+        &self.routes[id.0]
+    }
+
+    /// The route for unmatched traffic.
+    pub fn default_route(&self) -> &Route {
+        self.routes.last().expect("a snapshot always has the default route")
+    }
+}

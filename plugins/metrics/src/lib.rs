@@ -1,0 +1,179 @@
+//! Request metrics, recorded once per request at `on_complete`.
+//!
+//! [`RequestMetrics`] is built when a config is compiled: it registers one counter per
+//! (route, target, status class) and one histogram per (route, target) up front, so the
+//! hot path does an array index and an atomic add, never a label lookup or a format.
+//! Handles are keyed by their labels in the global recorder, so a reload that rebuilds
+//! this plugin keeps counting into the same series.
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
+
+pub mod names;
+
+use gateway_plugin_api::{Outcome, Phases, Plugin, RequestCtx, RouteId, Target};
+use metrics::{Counter, Histogram, counter, histogram};
+
+/// Status classes in label order; index = status / 100 - 1.
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// Target slots: the three targets, then "none" for requests rejected before a decision.
+const TARGET_SLOTS: usize = Target::ALL.len() + 1;
+const NONE_SLOT: usize = Target::ALL.len();
+
+/// The labels the metrics plugin needs to know about one route.
+#[derive(Clone, Debug)]
+pub struct RouteLabels {
+    /// Route name, or [`gateway_plugin_api::DEFAULT_ROUTE_LABEL`] for unmatched traffic.
+    pub route: String,
+    /// Upstream that serves the route's monolith side.
+    pub monolith_upstream: String,
+    /// Upstream that serves the route's service side, if the route has one.
+    pub service_upstream: Option<String>,
+}
+
+/// Handles for one (route, target) pair.
+struct SlotHandles {
+    requests: [Counter; STATUS_CLASSES.len()],
+    duration: Histogram,
+}
+
+/// Per target slot; `None` where the route cannot send traffic (no series is exported).
+struct RouteHandles {
+    slots: [Option<SlotHandles>; TARGET_SLOTS],
+}
+
+/// Records `gateway_requests_total` and `gateway_request_duration_seconds`.
+pub struct RequestMetrics {
+    /// Indexed by [`RouteId`]: routes in file order, then the default route.
+    routes: Vec<RouteHandles>,
+}
+
+impl RequestMetrics {
+    /// Registers the handles for every route; `routes` is indexed like [`RouteId`].
+    pub fn new(routes: &[RouteLabels]) -> Self {
+        let routes = routes.iter().map(register_route).collect();
+        RequestMetrics { routes }
+    }
+}
+
+fn register_route(labels: &RouteLabels) -> RouteHandles {
+    let register = |target: &'static str, upstream: String| SlotHandles {
+        requests: std::array::from_fn(|class| {
+            counter!(
+                names::REQUESTS_TOTAL,
+                "route" => labels.route.clone(),
+                "target" => target,
+                "upstream" => upstream.clone(),
+                "status_class" => STATUS_CLASSES[class],
+            )
+        }),
+        duration: histogram!(names::REQUEST_DURATION_SECONDS, "route" => labels.route.clone(), "target" => target),
+    };
+    let mut slots: [Option<SlotHandles>; TARGET_SLOTS] = Default::default();
+    slots[Target::Monolith.index()] = Some(register(Target::Monolith.as_str(), labels.monolith_upstream.clone()));
+    slots[Target::Service.index()] =
+        labels.service_upstream.as_ref().map(|service| register(Target::Service.as_str(), service.clone()));
+    slots[NONE_SLOT] = Some(register(names::TARGET_NONE, names::UPSTREAM_NONE.to_owned()));
+    RouteHandles { slots }
+}
+
+fn status_class_index(status: u16) -> usize {
+    (usize::from(status) / 100).clamp(1, STATUS_CLASSES.len()) - 1
+}
+
+impl Plugin for RequestMetrics {
+    fn name(&self) -> &'static str {
+        "metrics"
+    }
+
+    fn phases(&self) -> Phases {
+        Phases { on_complete: true, ..Phases::default() }
+    }
+
+    fn on_complete(&self, ctx: &RequestCtx, outcome: &Outcome) {
+        let route = ctx.route.unwrap_or(RouteId(self.routes.len() - 1));
+        let Some(handles) = self.routes.get(route.0) else {
+            return;
+        };
+        let slot = ctx.target.map_or(NONE_SLOT, Target::index);
+        let Some(slot) = &handles.slots[slot] else {
+            return;
+        };
+        slot.requests[status_class_index(outcome.status.as_u16())].increment(1);
+        slot.duration.record(outcome.duration.as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_plugin_api::DEFAULT_ROUTE_LABEL;
+    use http::{HeaderValue, StatusCode};
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    use std::time::Duration;
+
+    #[test]
+    fn status_classes() {
+        assert_eq!(status_class_index(100), 0);
+        assert_eq!(status_class_index(204), 1);
+        assert_eq!(status_class_index(404), 3);
+        assert_eq!(status_class_index(599), 4);
+        assert_eq!(status_class_index(999), 4);
+    }
+
+    #[test]
+    fn records_one_series_per_route_target_and_class() {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(names::REQUEST_DURATION_SECONDS.into()),
+                names::REQUEST_DURATION_BUCKETS,
+            )
+            .expect("buckets are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            let plugin = RequestMetrics::new(&[
+                RouteLabels {
+                    route: "users".into(),
+                    monolith_upstream: "monolith".into(),
+                    service_upstream: Some("users".into()),
+                },
+                RouteLabels {
+                    route: DEFAULT_ROUTE_LABEL.into(),
+                    monolith_upstream: "monolith".into(),
+                    service_upstream: None,
+                },
+            ]);
+            let mut ctx = RequestCtx::new(HeaderValue::from_static("r1"));
+            ctx.route = Some(RouteId(0));
+            ctx.target = Some(Target::Service);
+            let ok = Outcome { status: StatusCode::OK, duration: Duration::from_millis(3), gateway_error: None };
+            plugin.on_complete(&ctx, &ok);
+            plugin.on_complete(&ctx, &ok);
+            let unrouted = RequestCtx::new(HeaderValue::from_static("r2"));
+            let bad =
+                Outcome { status: StatusCode::BAD_REQUEST, duration: Duration::ZERO, gateway_error: Some("bad-path") };
+            plugin.on_complete(&unrouted, &bad);
+        });
+        let text = handle.render();
+        assert!(
+            text.contains(
+                r#"gateway_requests_total{route="users",target="service",upstream="users",status_class="2xx"} 2"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"gateway_requests_total{route="_default",target="none",upstream="none",status_class="4xx"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"gateway_request_duration_seconds_bucket{route="users",target="service",le="0.005"} 2"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"route="_default",target="service""#),
+            "the default route has no service side: {text}"
+        );
+    }
+}
