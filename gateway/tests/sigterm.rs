@@ -1,0 +1,90 @@
+//! The real binary under SIGTERM: it finishes the request in flight, then exits 0.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// An upstream that answers one request after `delay`, reporting when the request arrived.
+fn slow_upstream(delay: Duration) -> (SocketAddr, mpsc::Receiver<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind the upstream");
+    let addr = listener.local_addr().expect("a bound listener has an address");
+    let (arrived, arrived_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().expect("the gateway connects");
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).map_or(false, |n| n == 1) {
+            head.push(byte[0]);
+        }
+        arrived.send(()).expect("the test is waiting");
+        std::thread::sleep(delay);
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 7\r\n\r\ndrained");
+    });
+    (addr, arrived_rx)
+}
+
+#[test]
+fn sigterm_drains_the_in_flight_request_and_exits_zero() {
+    let (upstream, arrived) = slow_upstream(Duration::from_millis(700));
+    let dir = std::env::temp_dir().join(format!("gateway-sigterm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create a temporary directory");
+    let config = dir.join("routes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndefault_upstream = \"monolith\"\n\
+             workers = 1\nshutdown_grace_ms = 5000\n[upstreams.monolith]\nurl = \"http://{upstream}\"\n"
+        ),
+    )
+    .expect("write the config");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the gateway binary");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let started = lines.recv_timeout(Duration::from_secs(10)).expect("the gateway logs its start");
+    let started: serde_json::Value = serde_json::from_str(&started).expect("logs are JSON lines");
+    assert_eq!(started["message"], "gateway started", "{started}");
+    let listen: SocketAddr =
+        started["listen"].as_str().expect("the listen address is logged").parse().expect("an address");
+
+    let mut client = TcpStream::connect(listen).expect("connect to the gateway");
+    client.set_read_timeout(Some(Duration::from_secs(10))).expect("set a read timeout");
+    client.write_all(b"GET /report HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("send the request");
+    arrived.recv_timeout(Duration::from_secs(10)).expect("the request reaches the upstream");
+
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("run kill");
+    assert!(status.success());
+
+    let mut reply = String::new();
+    client.read_to_string(&mut reply).expect("read the reply");
+    assert!(reply.starts_with("HTTP/1.1 200"), "the in-flight request completes during the drain: {reply}");
+    assert!(reply.ends_with("drained"), "{reply}");
+
+    let exit = (0..100)
+        .find_map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            child.try_wait().expect("poll the child")
+        })
+        .unwrap_or_else(|| {
+            let _ = child.kill();
+            panic!("the gateway did not exit within 10 s of SIGTERM")
+        });
+    assert_eq!(exit.code(), Some(0), "exit 0 after a clean drain");
+    assert!(TcpStream::connect(listen).is_err(), "nothing listens after exit");
+    let _ = std::fs::remove_dir_all(&dir);
+}

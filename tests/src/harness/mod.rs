@@ -1,0 +1,20 @@
+//! Test building blocks. Every network wait is bounded by [`IO_TIMEOUT`].
+
+mod client;
+mod gateway;
+mod upstream;
+
+pub use client::{Reply, get, raw_exchange, send, send_h2};
+pub use gateway::{TestGateway, base_config};
+pub use upstream::{MockUpstream, Recorded, RunningMock};
+
+use std::time::Duration;
+
+/// Longest any single test exchange may take before the test fails instead of hanging.
+pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An address on loopback where nothing listens (bound once, then released).
+pub async fn closed_port() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");
+    listener.local_addr().expect("a bound listener has an address")
+}

@@ -1,0 +1,174 @@
+//! A mock upstream that records every request and answers as told.
+//!
+//! ```ignore
+//! let users = MockUpstream::new("users").latency(Duration::from_millis(50)).start().await;
+//! // ... send traffic ...
+//! assert_eq!(users.requests()[0].path, "/api/users/7");
+//! ```
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+/// What the mock received.
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    /// Request method.
+    pub method: String,
+    /// Path as received (without the query).
+    pub path: String,
+    /// Query string, if any.
+    pub query: Option<String>,
+    /// Headers as received.
+    pub headers: HeaderMap,
+    /// The whole body, when it arrived complete.
+    pub body: Bytes,
+    /// Why the body did not arrive complete.
+    pub body_error: Option<String>,
+}
+
+/// Builder for a mock upstream.
+#[derive(Clone)]
+pub struct MockUpstream {
+    name: String,
+    status: StatusCode,
+    latency: Duration,
+    headers: Vec<(HeaderName, HeaderValue)>,
+    body: Option<Bytes>,
+}
+
+impl MockUpstream {
+    /// A mock that answers 200 with `{"served_by": name, "path": ...}`.
+    pub fn new(name: &str) -> Self {
+        MockUpstream {
+            name: name.to_owned(),
+            status: StatusCode::OK,
+            latency: Duration::ZERO,
+            headers: Vec::new(),
+            body: None,
+        }
+    }
+
+    /// Waits this long (after reading the request body) before answering.
+    pub fn latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    /// Answers with this status.
+    pub fn status(mut self, status: u16) -> Self {
+        self.status = StatusCode::from_u16(status).expect("a valid status");
+        self
+    }
+
+    /// Adds a response header.
+    pub fn header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.push((HeaderName::from_static(name), HeaderValue::from_static(value)));
+        self
+    }
+
+    /// Answers with this body instead of the JSON document.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+
+    /// Starts serving on 127.0.0.1:0.
+    pub async fn start(self) -> RunningMock {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the mock upstream");
+        let addr = listener.local_addr().expect("a bound listener has an address");
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let behaviour = Arc::new(self);
+        let task = tokio::spawn(accept_loop(listener, behaviour, recorded.clone()));
+        RunningMock { addr, recorded, task }
+    }
+}
+
+/// A started mock upstream; stops when dropped.
+pub struct RunningMock {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningMock {
+    /// `http://127.0.0.1:PORT`, for a config's `url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every request received so far.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.recorded.lock().expect("the recorder lock is never poisoned").clone()
+    }
+
+    /// How many requests were received.
+    pub fn count(&self) -> usize {
+        self.recorded.lock().expect("the recorder lock is never poisoned").len()
+    }
+}
+
+impl Drop for RunningMock {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, behaviour: Arc<MockUpstream>, recorded: Arc<Mutex<Vec<Recorded>>>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { continue };
+        let behaviour = behaviour.clone();
+        let recorded = recorded.clone();
+        let service = service_fn(move |request| answer(behaviour.clone(), recorded.clone(), request));
+        let connection = builder.serve_connection(TokioIo::new(stream), service).into_owned();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
+}
+
+async fn answer(
+    behaviour: Arc<MockUpstream>,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    request: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (parts, body) = request.into_parts();
+    let (body, body_error) = match body.collect().await {
+        Ok(collected) => (collected.to_bytes(), None),
+        Err(e) => (Bytes::new(), Some(e.to_string())),
+    };
+    let path = parts.uri.path().to_owned();
+    recorded.lock().expect("the recorder lock is never poisoned").push(Recorded {
+        method: parts.method.to_string(),
+        path: path.clone(),
+        query: parts.uri.query().map(str::to_owned),
+        headers: parts.headers,
+        body,
+        body_error,
+    });
+    if !behaviour.latency.is_zero() {
+        tokio::time::sleep(behaviour.latency).await;
+    }
+    let body = behaviour
+        .body
+        .clone()
+        .unwrap_or_else(|| Bytes::from(serde_json::json!({ "served_by": behaviour.name, "path": path }).to_string()));
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = behaviour.status;
+    for (name, value) in &behaviour.headers {
+        response.headers_mut().append(name.clone(), value.clone());
+    }
+    Ok(response)
+}

@@ -1,0 +1,35 @@
+//! The bundled routes.toml: it is what `gateway demo` serves, so it must stay valid and
+//! mean what the README says.
+
+use std::path::Path;
+
+#[test]
+fn the_bundled_routes_toml_compiles_to_the_documented_routes() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../routes.toml");
+    let snapshot = gateway::config::load(&path, 1).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(snapshot.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(snapshot.server.admin_listen.to_string(), "127.0.0.1:9901");
+    let upstreams: Vec<(&str, &str)> =
+        snapshot.upstreams.iter().map(|(name, u)| (name.as_str(), u.settings.url.as_str())).collect();
+    assert_eq!(
+        upstreams,
+        [
+            ("monolith", "http://127.0.0.1:3000"),
+            ("orders", "http://127.0.0.1:3002"),
+            ("users", "http://127.0.0.1:3001")
+        ]
+    );
+    let routes: Vec<(&str, Option<&str>, Option<&str>, &str)> = snapshot
+        .routes
+        .iter()
+        .map(|r| (&*r.name, r.prefix.as_deref(), r.service.as_ref().map(|s| &*s.name), &*r.monolith.name))
+        .collect();
+    assert_eq!(
+        routes,
+        [
+            ("users", Some("/api/users"), Some("users"), "monolith"),
+            ("orders", Some("/api/orders"), Some("orders"), "monolith"),
+            ("_default", None, None, "monolith"),
+        ]
+    );
+}

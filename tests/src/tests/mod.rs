@@ -1,0 +1,6 @@
+mod admin;
+mod config;
+mod hygiene;
+mod lifecycle;
+mod limits;
+mod routing;
