@@ -2,9 +2,10 @@
 //!
 //! hyper bounds the time to read a request head, but not a client that trickles a body,
 //! stops reading its response, or holds an HTTP/2 connection open doing nothing. This
-//! wrapper covers all three. The timer is re-armed lazily: progress only records the time
-//! (a vDSO clock read), and the sleep is reset when it fires early, so the hot path never
-//! touches the timer wheel.
+//! wrapper covers all three. Progress only bumps a counter, so the hot path reads no clock
+//! and never touches the timer wheel: the timer checks the counter every quarter of the
+//! limit and closes the connection after four quiet checks in a row, that is after an
+//! idle time between the limit and 1.25 times the limit.
 
 use std::io;
 use std::pin::Pin;
@@ -15,34 +16,57 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+/// Checks per idle limit; the connection closes after this many quiet checks in a row.
+const CHECKS_PER_LIMIT: u32 = 4;
+
 /// A `TcpStream` with an inactivity limit.
 pub struct IdleTimeoutStream {
     inner: TcpStream,
-    limit: Duration,
-    last_progress: Instant,
+    check_every: Duration,
+    /// Bumped on every completed read or write.
+    progress: u64,
+    /// `progress` at the last check.
+    progress_at_check: u64,
+    quiet_checks: u32,
     timer: Pin<Box<Sleep>>,
 }
 
 impl IdleTimeoutStream {
-    /// Wraps `inner`; the connection fails with `TimedOut` after `limit` without progress.
+    /// Wraps `inner`; the connection fails with `TimedOut` once nothing has moved for
+    /// between `limit` and 1.25 × `limit`.
     pub fn new(inner: TcpStream, limit: Duration) -> Self {
-        let now = Instant::now();
-        IdleTimeoutStream { inner, limit, last_progress: now, timer: Box::pin(tokio::time::sleep_until(now + limit)) }
+        let check_every = limit / CHECKS_PER_LIMIT;
+        IdleTimeoutStream {
+            inner,
+            check_every,
+            progress: 0,
+            progress_at_check: 0,
+            quiet_checks: 0,
+            timer: Box::pin(tokio::time::sleep_until(Instant::now() + check_every)),
+        }
     }
 
     fn progressed(&mut self) {
-        self.last_progress = Instant::now();
+        self.progress = self.progress.wrapping_add(1);
     }
 
-    /// Ready with an error once the limit has passed since the last progress.
+    /// Ready with an error once enough consecutive checks saw no progress.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
             ready!(self.timer.as_mut().poll(cx));
-            let deadline = self.last_progress + self.limit;
-            if deadline <= Instant::now() {
-                return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "client connection idle timeout"));
+            if self.progress == self.progress_at_check {
+                self.quiet_checks += 1;
+                if self.quiet_checks >= CHECKS_PER_LIMIT {
+                    return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "client connection idle timeout"));
+                }
+            } else {
+                self.progress_at_check = self.progress;
+                self.quiet_checks = 0;
             }
-            self.timer.as_mut().reset(deadline);
+            // From now, not from the missed deadline: after a stall of the runtime, checks
+            // must not pile up and close a connection that had no chance to move.
+            let next = Instant::now() + self.check_every;
+            self.timer.as_mut().reset(next);
         }
     }
 
@@ -111,6 +135,42 @@ impl AsyncWrite for IdleTimeoutStream {
         match Pin::new(&mut this.inner).poll_shutdown(cx) {
             Poll::Ready(result) => Poll::Ready(result),
             Poll::Pending => this.on_pending(cx),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    async fn pair(limit: Duration) -> (IdleTimeoutStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = TcpStream::connect(listener.local_addr().expect("address")).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        (IdleTimeoutStream::new(server, limit), client)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_is_cut_off_between_the_limit_and_a_quarter_more() {
+        let (mut server, _client) = pair(Duration::from_secs(60)).await;
+        let started = Instant::now();
+        let mut buf = [0u8; 16];
+        let error = server.read(&mut buf).await.expect_err("times out");
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut);
+        let idle = started.elapsed();
+        assert!(idle >= Duration::from_secs(60) && idle <= Duration::from_secs(75), "closed after {idle:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn progress_keeps_the_connection_open() {
+        let (mut server, mut client) = pair(Duration::from_secs(4)).await;
+        let mut buf = [0u8; 1];
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            client.write_all(b"x").await.expect("write");
+            server.read_exact(&mut buf).await.expect("a byte every 3 s keeps a 4 s limit from firing");
         }
     }
 }

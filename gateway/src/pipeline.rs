@@ -25,7 +25,7 @@ use bytes::Bytes;
 use gateway_plugin_api::{Flow, Outcome, Rejection, RequestCtx, Target};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{Method, Request, Response, StatusCode, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::{Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
@@ -34,9 +34,10 @@ use crate::error;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::normalize::normalize_path;
 use crate::snapshot::Snapshot;
+use crate::upstream::PooledBody;
 
 /// Body of every response the gateway sends: the upstream's, streamed, or its own.
-pub type ResponseBody = Either<Incoming, Full<Bytes>>;
+pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
 
 /// Status logged and counted when the client goes away before the response (nginx's 499).
 const CLIENT_CLOSED_REQUEST: u16 = 499;
@@ -89,7 +90,7 @@ async fn run(
     ctx: &mut RequestCtx,
     request: Request<Incoming>,
     client_ip: &HeaderValue,
-) -> Result<Response<Incoming>, Rejection> {
+) -> Result<Response<PooledBody>, Rejection> {
     let (mut parts, body) = request.into_parts();
 
     // Phase: normalise. One spelling of the path for auth, routing and the upstream.
@@ -130,13 +131,13 @@ async fn run(
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::set_forwarding(&mut parts.headers, client_ip);
     if !parts.headers.contains_key(header::HOST) {
-        // HTTP/2 clients send :authority instead of Host; HTTP/1.1 upstreams need Host.
-        if let Some(value) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-            parts.headers.insert(header::HOST, value);
-        }
+        // HTTP/2 clients send :authority instead of Host; HTTP/1.1 upstreams need a Host.
+        let host = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        parts.headers.insert(header::HOST, host.unwrap_or_else(|| upstream.host_header().clone()));
     }
     parts.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
-    parts.uri = upstream.uri_for(path_and_query);
+    // Origin-form: the upstream sees the path and query only, exactly as normalised.
+    parts.uri = Uri::from(path_and_query);
     parts.version = Version::HTTP_11;
     let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     upstream.send(Request::from_parts(parts, Either::Left(limited))).await.map_err(|e| {

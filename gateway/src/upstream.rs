@@ -1,24 +1,37 @@
-//! Upstream handles: one pooled hyper client per `[upstreams.<name>]`.
+//! Upstream handles: one keep-alive connection pool per `[upstreams.<name>]`.
 //!
-//! Each upstream keeps its own keep-alive pool and its own connect and response timeouts.
-//! Errors say which of the two ran out, so the caller can answer 502 (could not connect)
-//! or 504 (connected, no answer in time).
+//! The pool is a LIFO stack of idle HTTP/1.1 connections (`hyper::client::conn::http1`)
+//! under an uncontended mutex, with no per-request hashing, URI rebuilding or connect
+//! future. A connection goes back on the stack when its response body has been read to
+//! the end; a connection whose body was abandoned is closed instead, because HTTP/1 cannot
+//! reuse it. Stale idle connections are swept in the background.
+//!
+//! Errors say what failed: connecting (502), no response head within `timeout_ms` (504),
+//! or the exchange itself (502). A request that hyper hands back unsent (the pooled
+//! connection had been closed by the upstream meanwhile) is retried on another connection,
+//! which is always safe because no byte of it reached the upstream.
 
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{Request, Response, Uri};
+use http::{HeaderValue, Request, Response};
+use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// Body of a request sent upstream: the client's body streamed under the size limit, or
 /// a body the gateway built itself.
 pub type UpstreamBody = Either<Limited<Incoming>, Full<Bytes>>;
+
+/// Smallest interval between two sweeps of idle connections.
+const MIN_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Settings of one upstream, as validated from the config.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,7 +40,7 @@ pub struct UpstreamSettings {
     pub name: String,
     /// The configured url, for display.
     pub url: String,
-    /// Response-head timeout.
+    /// Response-head timeout, counted from the start of the exchange.
     pub timeout: Duration,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
@@ -43,8 +56,11 @@ pub struct Upstream {
     pub name: Arc<str>,
     /// What it was built from.
     pub settings: UpstreamSettings,
-    authority: Authority,
-    client: Client<HttpConnector, UpstreamBody>,
+    /// `host:port` to connect to.
+    connect_to: String,
+    /// `Host` for requests that arrive without one (HTTP/1.0, HTTP/2 without :authority).
+    host: HeaderValue,
+    pool: Arc<Pool>,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -65,12 +81,12 @@ pub enum UpstreamError {
         timeout: Duration,
     },
     /// The TCP connection could not be opened (refused, unreachable, connect timeout).
-    #[error("cannot connect to upstream {upstream}: {source}")]
+    #[error("cannot connect to upstream {upstream}: {reason}")]
     Connect {
         /// Upstream name.
         upstream: Arc<str>,
-        /// The client's error.
-        source: hyper_util::client::legacy::Error,
+        /// What went wrong.
+        reason: String,
     },
     /// The client's body grew past `server.max_body_bytes` while it was being forwarded.
     #[error("request body exceeds the limit")]
@@ -80,47 +96,213 @@ pub enum UpstreamError {
     Exchange {
         /// Upstream name.
         upstream: Arc<str>,
-        /// The client's error.
-        source: hyper_util::client::legacy::Error,
+        /// hyper's error.
+        source: hyper::Error,
     },
 }
 
 impl Upstream {
     /// Builds the upstream and its (empty) pool. `authority` comes from the validated url.
-    pub fn new(settings: UpstreamSettings, authority: Authority) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(settings.pool_idle_timeout)
-            .pool_max_idle_per_host(settings.pool_max_idle)
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(connector);
-        Upstream { name: Arc::from(settings.name.as_str()), settings, authority, client }
+    pub fn new(settings: UpstreamSettings, authority: &http::uri::Authority) -> Self {
+        let connect_to = match authority.port_u16() {
+            Some(_) => authority.as_str().to_owned(),
+            None => format!("{}:80", authority.host()),
+        };
+        let host = HeaderValue::from_str(authority.as_str()).expect("a url authority is a valid header value");
+        let pool = Arc::new(Pool {
+            idle: Mutex::new(Vec::new()),
+            max_idle: settings.pool_max_idle,
+            idle_timeout: settings.pool_idle_timeout,
+            sweeper_started: std::sync::Once::new(),
+        });
+        Upstream { name: Arc::from(settings.name.as_str()), settings, connect_to, host, pool }
     }
 
-    /// The absolute URI for sending `path_and_query` to this upstream.
-    pub fn uri_for(&self, path_and_query: PathAndQuery) -> Uri {
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(self.authority.clone());
-        parts.path_and_query = Some(path_and_query);
-        Uri::from_parts(parts).expect("scheme, authority and path are all set")
+    /// The `Host` header to send when the client gave none.
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host
     }
 
-    /// Sends the request and waits for the response head, within the upstream's timeout.
-    /// The response body streams afterwards.
-    pub async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<Incoming>, UpstreamError> {
-        match tokio::time::timeout(self.settings.timeout, self.client.request(request)).await {
+    /// Sends the request (origin-form URI, `Host` set) and waits for the response head,
+    /// within the upstream's timeout. The response body streams afterwards.
+    pub async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<PooledBody>, UpstreamError> {
+        match tokio::time::timeout(self.settings.timeout, self.exchange(request)).await {
+            Ok(result) => result,
             Err(_) => Err(UpstreamError::Timeout { upstream: self.name.clone(), timeout: self.settings.timeout }),
-            Ok(Ok(response)) => Ok(response),
-            Ok(Err(error)) if error.is_connect() => {
-                Err(UpstreamError::Connect { upstream: self.name.clone(), source: error })
-            }
-            Ok(Err(error)) if caused_by::<LengthLimitError>(&error) => Err(UpstreamError::BodyTooLarge),
-            Ok(Err(error)) => Err(UpstreamError::Exchange { upstream: self.name.clone(), source: error }),
         }
+    }
+
+    async fn exchange(&self, mut request: Request<UpstreamBody>) -> Result<Response<PooledBody>, UpstreamError> {
+        loop {
+            let (mut sender, reused) = match self.pool.checkout().await {
+                Some(sender) => (sender, true),
+                None => (self.connect().await?, false),
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    let pool = Arc::clone(&self.pool);
+                    return Ok(response.map(|body| PooledBody { inner: body, lease: Some(Lease { sender, pool }) }));
+                }
+                Err(mut failed) => match failed.take_message() {
+                    // Never sent: the pooled connection closed while parked. Try the next.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(self.exchange_error(failed.into_error())),
+                },
+            }
+        }
+    }
+
+    fn exchange_error(&self, error: hyper::Error) -> UpstreamError {
+        if caused_by::<LengthLimitError>(&error) {
+            UpstreamError::BodyTooLarge
+        } else {
+            UpstreamError::Exchange { upstream: self.name.clone(), source: error }
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        self.pool.start_sweeper();
+        let connect_error = |reason: String| UpstreamError::Connect { upstream: self.name.clone(), reason };
+        let stream =
+            match tokio::time::timeout(self.settings.connect_timeout, TcpStream::connect(&self.connect_to)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => return Err(connect_error(e.to_string())),
+                Err(_) => return Err(connect_error(format!("timed out after {:?}", self.settings.connect_timeout))),
+            };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(upstream = %self.name, error = %e, "cannot set TCP_NODELAY");
+        }
+        let (sender, connection) =
+            http1::handshake(TokioIo::new(stream)).await.map_err(|e| connect_error(e.to_string()))?;
+        let name = self.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(upstream = %name, error = %e, "upstream connection ended with an error");
+            }
+        });
+        Ok(sender)
+    }
+}
+
+// === impl Pool ===
+
+struct Pool {
+    /// Idle connections, most recently used last.
+    idle: Mutex<Vec<IdleConnection>>,
+    max_idle: usize,
+    idle_timeout: Duration,
+    sweeper_started: std::sync::Once,
+}
+
+struct IdleConnection {
+    sender: SendRequest<UpstreamBody>,
+    parked_at: Instant,
+}
+
+impl Pool {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<IdleConnection>> {
+        // The critical sections only push or pop; a panic cannot leave the Vec inconsistent.
+        self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The most recently parked connection that is still open and fresh.
+    async fn checkout(&self) -> Option<SendRequest<UpstreamBody>> {
+        loop {
+            let idle = self.lock().pop()?;
+            if idle.sender.is_closed() || idle.parked_at.elapsed() >= self.idle_timeout {
+                continue;
+            }
+            let mut sender = idle.sender;
+            // A connection is parked as soon as its response body ended; hyper may not
+            // have marked it ready yet, and will within a poll or two.
+            if sender.is_ready() || sender.ready().await.is_ok() {
+                return Some(sender);
+            }
+        }
+    }
+
+    fn park(&self, sender: SendRequest<UpstreamBody>) {
+        if sender.is_closed() {
+            return;
+        }
+        let mut idle = self.lock();
+        if idle.len() < self.max_idle {
+            idle.push(IdleConnection { sender, parked_at: Instant::now() });
+        }
+    }
+
+    /// Starts (once) a task that closes connections idle for longer than the timeout, so
+    /// an upstream that goes quiet does not keep sockets open forever.
+    fn start_sweeper(self: &Arc<Self>) {
+        self.sweeper_started.call_once(|| {
+            let pool: Weak<Pool> = Arc::downgrade(self);
+            let interval = (self.idle_timeout / 2).max(MIN_SWEEP_INTERVAL);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(interval);
+                loop {
+                    tick.tick().await;
+                    let Some(pool) = pool.upgrade() else { return };
+                    let timeout = pool.idle_timeout;
+                    pool.lock().retain(|c| !c.sender.is_closed() && c.parked_at.elapsed() < timeout);
+                }
+            });
+        });
+    }
+}
+
+// === impl PooledBody ===
+
+/// A response body from the pool: when it has been read to the end, its connection goes
+/// back to the pool for the next request.
+pub struct PooledBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+struct Lease {
+    sender: SendRequest<UpstreamBody>,
+    pool: Arc<Pool>,
+}
+
+impl PooledBody {
+    fn release_if_finished(&mut self) {
+        if self.inner.is_end_stream() {
+            if let Some(lease) = self.lease.take() {
+                lease.pool.park(lease.sender);
+            }
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if frame.is_none() {
+            if let Some(lease) = self.lease.take() {
+                lease.pool.park(lease.sender);
+            }
+        } else {
+            self.release_if_finished();
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for PooledBody {
+    fn drop(&mut self) {
+        // An empty body (204, HEAD, Content-Length: 0) may never be polled.
+        self.release_if_finished();
     }
 }
 

@@ -337,7 +337,7 @@ fn build(checked: Checked, meta: ConfigMeta) -> Snapshot {
     let upstreams: BTreeMap<String, Arc<Upstream>> = checked
         .upstreams
         .into_iter()
-        .map(|(settings, authority)| (settings.name.clone(), Arc::new(Upstream::new(settings, authority))))
+        .map(|(settings, authority)| (settings.name.clone(), Arc::new(Upstream::new(settings, &authority))))
         .collect();
     let upstream = |name: &str| upstreams.get(name).cloned().expect("route upstreams were checked to exist");
     let default_monolith = upstream(&checked.default_upstream);

@@ -8,6 +8,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
@@ -45,6 +46,7 @@ pub struct MockUpstream {
     latency: Duration,
     headers: Vec<(HeaderName, HeaderValue)>,
     body: Option<Bytes>,
+    keep_alive: Option<Duration>,
 }
 
 impl MockUpstream {
@@ -56,6 +58,7 @@ impl MockUpstream {
             latency: Duration::ZERO,
             headers: Vec::new(),
             body: None,
+            keep_alive: None,
         }
     }
 
@@ -83,14 +86,22 @@ impl MockUpstream {
         self
     }
 
+    /// Closes a kept-alive connection after it has been idle this long, like a server
+    /// with a short keep-alive timeout.
+    pub fn keep_alive(mut self, idle: Duration) -> Self {
+        self.keep_alive = Some(idle);
+        self
+    }
+
     /// Starts serving on 127.0.0.1:0.
     pub async fn start(self) -> RunningMock {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the mock upstream");
         let addr = listener.local_addr().expect("a bound listener has an address");
         let recorded = Arc::new(Mutex::new(Vec::new()));
+        let connections = Arc::new(AtomicUsize::new(0));
         let behaviour = Arc::new(self);
-        let task = tokio::spawn(accept_loop(listener, behaviour, recorded.clone()));
-        RunningMock { addr, recorded, task }
+        let task = tokio::spawn(accept_loop(listener, behaviour, recorded.clone(), connections.clone()));
+        RunningMock { addr, recorded, connections, task }
     }
 }
 
@@ -99,6 +110,7 @@ pub struct RunningMock {
     /// Where it listens.
     pub addr: SocketAddr,
     recorded: Arc<Mutex<Vec<Recorded>>>,
+    connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -113,6 +125,11 @@ impl RunningMock {
         self.recorded.lock().expect("the recorder lock is never poisoned").clone()
     }
 
+    /// How many TCP connections were accepted.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::SeqCst)
+    }
+
     /// How many requests were received.
     pub fn count(&self) -> usize {
         self.recorded.lock().expect("the recorder lock is never poisoned").len()
@@ -125,10 +142,21 @@ impl Drop for RunningMock {
     }
 }
 
-async fn accept_loop(listener: TcpListener, behaviour: Arc<MockUpstream>, recorded: Arc<Mutex<Vec<Recorded>>>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+async fn accept_loop(
+    listener: TcpListener,
+    behaviour: Arc<MockUpstream>,
+    recorded: Arc<Mutex<Vec<Recorded>>>,
+    connections: Arc<AtomicUsize>,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    if let Some(idle) = behaviour.keep_alive {
+        // hyper's header-read timer also runs while a kept-alive connection waits for
+        // its next request, so it doubles as a keep-alive timeout.
+        builder.http1().timer(TokioTimer::new()).header_read_timeout(idle);
+    }
     loop {
         let Ok((stream, _)) = listener.accept().await else { continue };
+        connections.fetch_add(1, Ordering::SeqCst);
         let behaviour = behaviour.clone();
         let recorded = recorded.clone();
         let service = service_fn(move |request| answer(behaviour.clone(), recorded.clone(), request));

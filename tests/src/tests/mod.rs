@@ -3,4 +3,5 @@ mod config;
 mod hygiene;
 mod lifecycle;
 mod limits;
+mod pool;
 mod routing;

@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""Proxy comparison: the gateway against nginx and HAProxy, in one run, on this machine.
+
+    python3 bench/compare.py [--rounds 3] [--duration 10] [--connections 50]
+
+Installs nginx, HAProxy and wrk from Debian's packages if they are missing, builds the
+gateway in release mode, starts one upstream (nginx answering a small fixed body), and
+measures, interleaved round by round so drift hits every target alike:
+
+  direct   wrk -> upstream
+  nginx    1 worker, upstream keepalive
+  haproxy  1 thread, http-reuse always
+  gateway  1 worker thread, access log off
+
+Every proxy does the same per-request work: keep-alive to the upstream, X-Forwarded-For,
+X-Forwarded-Proto and a request id. The proxy under test is pinned to CPU 0; wrk and the
+upstream share CPU 1. Proxy CPU per request comes from /proc/PID/stat (utime + stime of
+all the proxy's processes) divided by the requests wrk completed. Prints a markdown table
+of medians with min-max.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+UPSTREAM_PORT = 18080
+PORTS = {"nginx": 18081, "haproxy": 18082, "gateway": 18083}
+GATEWAY_ADMIN_PORT = 18093
+PATH = "/api/users/42"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PROXY_CPU = "0"
+LOAD_CPU = "1"
+
+
+def need(binary, package):
+    if shutil.which(binary):
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"{binary} is missing: apt-get install {package}")
+    print(f"installing {package} ...", file=sys.stderr)
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port} after {timeout}s")
+
+
+def pinned(cpu, argv):
+    return ["taskset", "-c", cpu] + argv
+
+
+def nginx_conf(work, body):
+    return f"""
+worker_processes 1;
+daemon off;
+pid {work}/nginx-{{name}}.pid;
+error_log {work}/nginx-{{name}}-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {work}/tmp-{{name}};
+  proxy_temp_path {work}/tmp-{{name}};
+  fastcgi_temp_path {work}/tmp-{{name}};
+  uwsgi_temp_path {work}/tmp-{{name}};
+  scgi_temp_path {work}/tmp-{{name}};
+  keepalive_requests 1000000;
+  {body}
+}}
+"""
+
+
+def start_nginx(work, name, body, cpu):
+    conf = Path(work) / f"nginx-{name}.conf"
+    conf.write_text(nginx_conf(work, body).replace("{name}", name))
+    return subprocess.Popen(pinned(cpu, ["nginx", "-c", str(conf), "-p", work]),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def process_tree(pid):
+    """The pid and all its descendants (nginx forks its worker)."""
+    pids, frontier = [pid], [pid]
+    while frontier:
+        parent = frontier.pop()
+        children = Path(f"/proc/{parent}/task/{parent}/children")
+        if children.exists():
+            kids = [int(p) for p in children.read_text().split()]
+            pids += kids
+            frontier += kids
+    return pids
+
+
+def cpu_ticks(pid):
+    total = 0
+    for p in process_tree(pid):
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (FileNotFoundError, IndexError):
+            pass
+    return total
+
+
+def to_ms(value, unit):
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(port, duration, connections):
+    out = subprocess.run(
+        pinned(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+                          f"http://127.0.0.1:{port}{PATH}"]),
+        capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    p50 = re.search(r"50%\s+([\d.]+)(us|ms|s)", out)
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if errors:
+        raise RuntimeError(f"port {port}: {errors.group(1)} non-2xx responses\n{out}")
+    return {"rps": rps, "requests": requests, "p50": to_ms(*p50.groups()), "p99": to_ms(*p99.groups())}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
+    parser.add_argument("--connections", type=int, default=50)
+    args = parser.parse_args()
+
+    need("nginx", "nginx-light")
+    need("haproxy", "haproxy")
+    need("wrk", "wrk")
+    need("taskset", "util-linux")
+    subprocess.run(["cargo", "build", "--release", "-p", "gateway", "--quiet"], cwd=ROOT, check=True)
+    gateway_bin = ROOT / "target" / "release" / "gateway"
+
+    work = tempfile.mkdtemp(prefix="gateway-bench-")
+    for name in ("upstream", "nginx"):
+        os.makedirs(f"{work}/tmp-{name}", exist_ok=True)
+    procs = {}
+    try:
+        procs["upstream"] = start_nginx(work, "upstream", f"""
+  server {{
+    listen 127.0.0.1:{UPSTREAM_PORT} backlog=4096;
+    location / {{ default_type application/json; return 200 '{{"id":42,"name":"ada"}}'; }}
+  }}""", LOAD_CPU)
+        procs["nginx"] = start_nginx(work, "nginx", f"""
+  upstream backend {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx']} backlog=4096;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Request-ID $request_id;
+    }}
+  }}""", PROXY_CPU)
+        haproxy_cfg = Path(work) / "haproxy.cfg"
+        haproxy_cfg.write_text(f"""
+global
+  nbthread 1
+  maxconn 4000
+defaults
+  mode http
+  timeout connect 1s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  http-reuse always
+frontend fe
+  bind 127.0.0.1:{PORTS['haproxy']}
+  option forwardfor
+  http-request set-header X-Forwarded-Proto http
+  unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+  unique-id-header X-Request-ID
+  default_backend be
+backend be
+  server up 127.0.0.1:{UPSTREAM_PORT}
+""")
+        procs["haproxy"] = subprocess.Popen(pinned(PROXY_CPU, ["haproxy", "-f", str(haproxy_cfg)]),
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            start_new_session=True)
+        gateway_cfg = Path(work) / "routes.toml"
+        gateway_cfg.write_text(f"""
+[server]
+listen = "127.0.0.1:{PORTS['gateway']}"
+admin_listen = "127.0.0.1:{GATEWAY_ADMIN_PORT}"
+default_upstream = "monolith"
+workers = 1
+access_log = false
+
+[upstreams.monolith]
+url = "http://127.0.0.1:{UPSTREAM_PORT}"
+[upstreams.users]
+url = "http://127.0.0.1:{UPSTREAM_PORT}"
+
+[[routes]]
+name = "users"
+prefix = "/api/users"
+service = "users"
+""")
+        procs["gateway"] = subprocess.Popen(pinned(PROXY_CPU, [str(gateway_bin), "run", "--config", str(gateway_cfg)]),
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                            start_new_session=True)
+        wait_port(UPSTREAM_PORT)
+        for port in PORTS.values():
+            wait_port(port)
+
+        targets = [("direct", UPSTREAM_PORT, None), ("nginx", PORTS["nginx"], procs["nginx"].pid),
+                   ("haproxy", PORTS["haproxy"], procs["haproxy"].pid),
+                   ("gateway", PORTS["gateway"], procs["gateway"].pid)]
+        for _, port, _ in targets:  # warm pools and caches
+            run_wrk(port, 2, args.connections)
+        results = {name: [] for name, _, _ in targets}
+        for round_no in range(1, args.rounds + 1):
+            for name, port, pid in targets:
+                before = cpu_ticks(pid) if pid else 0
+                r = run_wrk(port, args.duration, args.connections)
+                if pid:
+                    r["cpu_us"] = (cpu_ticks(pid) - before) / CLK_TCK * 1e6 / r["requests"]
+                results[name].append(r)
+                cpu = f"{r['cpu_us']:.1f} us/req" if pid else "-"
+                print(f"round {round_no} {name:8} {r['rps']:>10.0f} req/s  p50 {r['p50']:.3f} ms  "
+                      f"p99 {r['p99']:.3f} ms  cpu {cpu}", file=sys.stderr)
+
+        nginx_rps = statistics.median(r["rps"] for r in results["nginx"])
+        print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds, "
+              f"GET {PATH}, proxy pinned to CPU {PROXY_CPU}, wrk + upstream on CPU {LOAD_CPU}\n")
+        print("| target | requests/s median (min-max) | p50 ms | p99 ms | proxy CPU us/request | vs nginx req/s |")
+        print("|---|---|---|---|---|---|")
+        for name, _, pid in targets:
+            rs = results[name]
+            rps = [r["rps"] for r in rs]
+            med = statistics.median(rps)
+            cpu = f"{statistics.median(r['cpu_us'] for r in rs):.1f}" if pid else "-"
+            print(f"| {name} | {med:,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
+                  f"{statistics.median(r['p50'] for r in rs):.3f} | {statistics.median(r['p99'] for r in rs):.3f} | "
+                  f"{cpu} | {med / nginx_rps:.2f}x |")
+    finally:
+        for proc in procs.values():
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in procs.values():
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
