@@ -1,1 +1,57 @@
-fn main() {}
+//! Micro-benchmarks of the per-request pure logic: `cargo bench -p gateway-bench`.
+//! The whole-proxy comparison with nginx and HAProxy is `python3 bench/compare.py`.
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use gateway::headers::{request_id, set_forwarding, strip_hop_by_hop};
+use gateway::normalize::normalize_path;
+use gateway::router::Router;
+use gateway_plugin_api::RouteId;
+use http::{HeaderMap, HeaderValue};
+
+fn normalisation(c: &mut Criterion) {
+    let mut group = c.benchmark_group("normalize_path");
+    group.bench_function("already_normal", |b| b.iter(|| normalize_path(black_box("/api/users/42/orders"))));
+    group.bench_function("encoded_and_dots", |b| {
+        b.iter(|| normalize_path(black_box("/api/%2e%2e/api//users/./%34%32/orders")))
+    });
+    group.finish();
+}
+
+fn routing(c: &mut Criterion) {
+    let routes: Vec<(String, RouteId)> = (0..200)
+        .map(|i| (format!("/api/service-{i}/v1"), RouteId(i)))
+        .chain([("/api/users".to_owned(), RouteId(200))])
+        .collect();
+    let router = Router::new(routes, RouteId(201));
+    let mut group = c.benchmark_group("router_find_201_routes");
+    group.bench_function("hit_two_segments_deep", |b| b.iter(|| router.find(black_box("/api/users/42/orders"))));
+    group.bench_function("miss_to_default", |b| b.iter(|| router.find(black_box("/legacy/page/42"))));
+    group.bench_function("mixed_case_hit", |b| b.iter(|| router.find(black_box("/API/Users/42"))));
+    group.finish();
+}
+
+fn header_hygiene(c: &mut Criterion) {
+    let mut request = HeaderMap::new();
+    request.insert("host", HeaderValue::from_static("api.example.com"));
+    request.insert("user-agent", HeaderValue::from_static("bench/1.0"));
+    request.insert("accept", HeaderValue::from_static("application/json"));
+    request.insert("connection", HeaderValue::from_static("keep-alive"));
+    let client_ip = HeaderValue::from_static("10.1.2.3");
+    c.bench_function("request_headers_prepare", |b| {
+        b.iter_batched(
+            || request.clone(),
+            |mut headers| {
+                strip_hop_by_hop(&mut headers);
+                set_forwarding(&mut headers, &client_ip);
+                black_box(request_id(&headers));
+                headers
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+}
+
+criterion_group!(benches, normalisation, routing, header_hygiene);
+criterion_main!(benches);

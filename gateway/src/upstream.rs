@@ -266,10 +266,10 @@ struct Lease {
 
 impl PooledBody {
     fn release_if_finished(&mut self) {
-        if self.inner.is_end_stream() {
-            if let Some(lease) = self.lease.take() {
-                lease.pool.park(lease.sender);
-            }
+        if self.inner.is_end_stream()
+            && let Some(lease) = self.lease.take()
+        {
+            lease.pool.park(lease.sender);
         }
     }
 }

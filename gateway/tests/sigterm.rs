@@ -15,7 +15,7 @@ fn slow_upstream(delay: Duration) -> (SocketAddr, mpsc::Receiver<()>) {
         let (mut stream, _) = listener.accept().expect("the gateway connects");
         let mut head = Vec::new();
         let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).map_or(false, |n| n == 1) {
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
             head.push(byte[0]);
         }
         arrived.send(()).expect("the test is waiting");

@@ -163,10 +163,11 @@ impl Checker<'_> {
             Some(admin) => self.socket_addr(admin),
             None => Some(DEFAULT_ADMIN_LISTEN.parse().expect("the default admin address parses")),
         };
-        if let (Some(l), Some(a), Some(admin)) = (listen, admin_listen, &server.admin_listen) {
-            if l == a && l.port() != 0 {
-                self.error(span(admin), "must differ from server.listen");
-            }
+        if let (Some(l), Some(a), Some(admin)) = (listen, admin_listen, &server.admin_listen)
+            && l == a
+            && l.port() != 0
+        {
+            self.error(span(admin), "must differ from server.listen");
         }
         let default_workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
         let workers = self.bounded(&server.workers, default_workers, 1, MAX_WORKERS, "threads");

@@ -18,3 +18,16 @@ pub async fn closed_port() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");
     listener.local_addr().expect("a bound listener has an address")
 }
+
+/// Polls `condition` every 10 ms until it holds, for at most [`IO_TIMEOUT`]; returns
+/// whether it held.
+pub async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    condition()
+}

@@ -11,13 +11,7 @@ async fn shutdown_drains_an_in_flight_request_and_refuses_new_connections() {
     let url = gateway.url("/slow");
     let in_flight = tokio::spawn(async move { get(&url).await });
     // Let the request reach the upstream before asking the gateway to stop.
-    for _ in 0..50 {
-        if monolith.count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(monolith.count(), 1, "the request is in flight");
+    assert!(eventually(|| monolith.count() == 1).await, "the request is in flight");
     let running = gateway.running.take().expect("the gateway is running");
     running.shutdown();
     let drained = tokio::time::timeout(IO_TIMEOUT, running.wait()).await;
@@ -35,14 +29,9 @@ async fn the_grace_period_bounds_the_drain() {
     let mut gateway = TestGateway::start(&config).await;
     let url = gateway.url("/stuck");
     let _in_flight = tokio::spawn(async move { get(&url).await });
-    for _ in 0..50 {
-        if monolith.count() == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    assert!(eventually(|| monolith.count() == 1).await, "the request is in flight");
     let running = gateway.running.take().expect("the gateway is running");
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     running.shutdown();
     running.wait().await;
     assert!(started.elapsed() < Duration::from_secs(3), "stopped after the 300 ms grace, not the 8 s request");

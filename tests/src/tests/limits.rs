@@ -1,6 +1,8 @@
 //! Failure answers and client limits: 504, 502, 413, 431, slow clients cut off.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use bytes::Bytes;
 use http::Request;
