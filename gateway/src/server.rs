@@ -143,6 +143,9 @@ fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
     let mut http1 = builder.http1();
     http1
         .timer(TokioTimer::new())
+        // Copy head and body into one buffer and write() it: for API-sized responses that
+        // beats an iovec per part (about 2% more requests/s in bench/compare.py).
+        .writev(false)
         .header_read_timeout(settings.header_read_timeout)
         .max_buf_size(settings.max_header_bytes);
     // hyper keeps up to 100 header slots on the stack; only a different limit costs a heap

@@ -172,8 +172,11 @@ impl Upstream {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(upstream = %self.name, error = %e, "cannot set TCP_NODELAY");
         }
-        let (sender, connection) =
-            http1::handshake(TokioIo::new(stream)).await.map_err(|e| connect_error(e.to_string()))?;
+        let (sender, connection) = http1::Builder::new()
+            .writev(false) // one buffer per request, like the server side (see server.rs)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| connect_error(e.to_string()))?;
         let name = self.name.clone();
         tokio::spawn(async move {
             if let Err(e) = connection.await {
