@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Proxy comparison: the gateway against nginx and HAProxy, in one run, on this machine.
 
-    python3 bench/compare.py [--rounds 3] [--duration 10] [--connections 50]
+    python3 bench/compare.py [--rounds 3] [--duration 10] [--connections 50] [--perf]
 
 Installs nginx, HAProxy and wrk from Debian's packages if they are missing, builds the
 gateway in release mode, starts one upstream (nginx answering a small fixed body), and
@@ -16,7 +16,9 @@ Every proxy does the same per-request work: keep-alive to the upstream, X-Forwar
 X-Forwarded-Proto and a request id. The proxy under test is pinned to CPU 0; wrk and the
 upstream share CPU 1. Proxy CPU per request comes from /proc/PID/stat (utime + stime of
 all the proxy's processes) divided by the requests wrk completed. Prints a markdown table
-of medians with min-max.
+of medians with min-max. With --perf, the gateway's last measurement runs under
+`perf record` (Debian's linux-perf, installed if missing) and the hottest symbols are
+printed; bench/perf.data stays behind for `perf report`.
 """
 
 import argparse
@@ -143,7 +145,10 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--perf", action="store_true", help="profile the gateway's last round with perf")
     args = parser.parse_args()
+    if args.perf:
+        need("perf", "linux-perf")
 
     need("nginx", "nginx-light")
     need("haproxy", "haproxy")
@@ -236,7 +241,15 @@ service = "users"
         for round_no in range(1, args.rounds + 1):
             for name, port, pid in targets:
                 before = cpu_ticks(pid) if pid else 0
+                profiler = None
+                if args.perf and name == "gateway" and round_no == args.rounds:
+                    profiler = subprocess.Popen(
+                        ["perf", "record", "-F", "999", "-g", "-o", str(ROOT / "bench" / "perf.data"), "-p", str(pid)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 r = run_wrk(port, args.duration, args.connections)
+                if profiler:
+                    profiler.send_signal(signal.SIGINT)
+                    profiler.wait(timeout=30)
                 if pid:
                     r["cpu_us"] = (cpu_ticks(pid) - before) / CLK_TCK * 1e6 / r["requests"]
                 results[name].append(r)
@@ -257,6 +270,12 @@ service = "users"
             print(f"| {name} | {med:,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
                   f"{statistics.median(r['p50'] for r in rs):.3f} | {statistics.median(r['p99'] for r in rs):.3f} | "
                   f"{cpu} | {med / nginx_rps:.2f}x |")
+        if args.perf:
+            report = subprocess.run(
+                ["perf", "report", "-i", str(ROOT / "bench" / "perf.data"), "--no-children", "--stdio",
+                 "--percent-limit", "0.7"], capture_output=True, text=True).stdout
+            print("\nHottest symbols in the gateway (perf, last round):")
+            print("\n".join(line for line in report.splitlines() if line.strip() and not line.startswith("#"))[:6000])
     finally:
         for proc in procs.values():
             try:

@@ -1,6 +1,6 @@
 //! A mock upstream that records every request and answers as told.
 //!
-//! ```ignore
+//! ```text
 //! let users = MockUpstream::new("users").latency(Duration::from_millis(50)).start().await;
 //! // ... send traffic ...
 //! assert_eq!(users.requests()[0].path, "/api/users/7");
