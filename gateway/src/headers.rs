@@ -68,17 +68,20 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto`.
-/// `client_ip` is formatted once per connection by the caller.
+/// `client_ip` is formatted once per connection by the caller. Several incoming
+/// `x-forwarded-for` lines are joined into one list, in order.
 pub fn set_forwarding(headers: &mut HeaderMap, client_ip: &HeaderValue) {
-    let chain = match headers.get(&X_FORWARDED_FOR) {
-        Some(previous) => {
-            let mut joined = Vec::with_capacity(previous.len() + 2 + client_ip.len());
-            joined.extend_from_slice(previous.as_bytes());
+    let mut previous = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    let chain = if previous.peek().is_none() {
+        client_ip.clone()
+    } else {
+        let mut joined = Vec::with_capacity(64);
+        for value in previous {
+            joined.extend_from_slice(value.as_bytes());
             joined.extend_from_slice(b", ");
-            joined.extend_from_slice(client_ip.as_bytes());
-            HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
         }
-        None => client_ip.clone(),
+        joined.extend_from_slice(client_ip.as_bytes());
+        HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
     };
     headers.insert(&X_FORWARDED_FOR, chain);
     headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
@@ -140,6 +143,11 @@ mod tests {
         set_forwarding(&mut h, &ip);
         assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4, 10.0.0.9");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2, 3.3.3.3"));
+        set_forwarding(&mut h, &ip);
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1, "one line goes upstream");
+        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
     }
 
     #[test]
