@@ -116,7 +116,7 @@ pub fn try_lines(snapshot: &Snapshot, listen: SocketAddr, admin: SocketAddr) -> 
         snapshot.default_route().monolith.name
     ));
     lines.push(format!("curl -si 'http://{listen}/api/%2e%2e/admin'   # normalised to /admin before routing"));
-    lines.push(format!("curl -s http://{admin}/metrics | grep gateway_requests_total"));
+    lines.push(format!("curl -s http://{admin}/metrics | grep '^gateway_requests_total' | grep -v ' 0$'"));
     lines.push(format!("curl -s http://{admin}/admin/config"));
     lines
 }
