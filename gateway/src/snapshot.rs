@@ -120,7 +120,6 @@ impl std::fmt::Debug for PhasePlugins {
 }
 
 /// Everything one request needs from the config.
-#[derive(Debug)]
 pub struct Snapshot {
     /// Version, source, checksum.
     pub meta: ConfigMeta,
@@ -132,6 +131,10 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     /// Path -> route.
     pub router: Router,
+    /// Token verification, when `[auth]` is configured.
+    pub auth: Option<Arc<gateway_plugin_auth::Authenticator>>,
+    /// What each route asks of the caller, indexed like [`Snapshot::routes`].
+    pub auth_modes: Vec<gateway_plugin_auth::AuthMode>,
     /// Plugins per phase.
     pub plugins: PhasePlugins,
 }
@@ -145,5 +148,17 @@ impl Snapshot {
     /// The route for unmatched traffic.
     pub fn default_route(&self) -> &Route {
         self.routes.last().expect("a snapshot always has the default route")
+    }
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("meta", &self.meta)
+            .field("server", &self.server)
+            .field("routes", &self.routes)
+            .field("auth_modes", &self.auth_modes)
+            .field("plugins", &self.plugins)
+            .finish_non_exhaustive()
     }
 }

@@ -11,15 +11,18 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use gateway_plugin_api::{DEFAULT_ROUTE_LABEL, Plugin, RouteId};
+use gateway_plugin_auth::{AuthMode, AuthPlugin, Authenticator, KeySet, SystemClock, Verifier};
 use gateway_plugin_metrics::{RequestMetrics, RouteLabels};
+use http::HeaderName;
 use http::Uri;
 use http::uri::Authority;
+use jsonwebtoken::Algorithm;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use super::defaults::*;
 use super::error::{ConfigError, Diagnostic, SourceMap};
-use super::file::{FileConfig, FileRoute, FileServer, FileUpstream};
+use super::file::{FileAudience, FileAuth, FileAuthMode, FileConfig, FileRoute, FileServer, FileUpstream};
 use crate::normalize::normalize_path;
 use crate::router::Router;
 use crate::snapshot::{ConfigMeta, PhasePlugins, Route, ServerSettings, Snapshot};
@@ -46,7 +49,8 @@ pub fn compile(path: &Path, text: &str, version: u64) -> Result<Snapshot, Config
     let invalid = |diagnostics: Vec<Diagnostic>| ConfigError::Invalid { path: path.to_owned(), diagnostics };
     let file: FileConfig = toml::from_str(text).map_err(|e| invalid(vec![map.at(e.span(), e.message())]))?;
 
-    let mut checker = Checker { map: &map, diagnostics: Vec::new() };
+    let config_dir = path.parent().unwrap_or(Path::new("."));
+    let mut checker = Checker { map: &map, config_dir, diagnostics: Vec::new() };
     let checked = checker.check(&file);
     if !checker.diagnostics.is_empty() {
         let mut diagnostics = checker.diagnostics;
@@ -71,6 +75,8 @@ fn sha256_hex(bytes: &[u8]) -> String {
 struct Checked {
     server: ServerSettings,
     default_upstream: String,
+    default_auth: AuthMode,
+    auth: Option<Authenticator>,
     upstreams: Vec<(UpstreamSettings, Authority)>,
     routes: Vec<CheckedRoute>,
 }
@@ -80,12 +86,19 @@ struct CheckedRoute {
     prefix: String,
     service: String,
     monolith: String,
+    auth: AuthMode,
 }
 
 struct Checker<'a> {
     map: &'a SourceMap<'a>,
+    /// Relative key-file paths are resolved against the config file's directory.
+    config_dir: &'a Path,
     diagnostics: Vec<Diagnostic>,
 }
+
+/// Headers a claim may not be copied into: they steer routing or framing.
+const RESERVED_CLAIM_HEADERS: &[&str] =
+    &["authorization", "host", "content-length", "transfer-encoding", "connection", "cookie", "x-request-id"];
 
 fn span<T>(value: &Spanned<T>) -> Range<usize> {
     value.span()
@@ -112,6 +125,10 @@ impl Checker<'_> {
         known_upstream(self, &file.server.default_upstream);
         let server = self.check_server(&file.server, &file.upstreams);
 
+        let auth = file.auth.as_ref().and_then(|auth| self.check_auth(auth));
+        let has_auth = file.auth.is_some();
+        let default_auth = self.auth_mode(&file.server.default_auth, has_auth, AuthMode::Off);
+
         let mut route_names = HashSet::new();
         let mut prefixes = HashSet::new();
         let mut routes = Vec::new();
@@ -120,14 +137,142 @@ impl Checker<'_> {
             if let Some(monolith) = &route.monolith {
                 known_upstream(self, monolith);
             }
-            routes.push(self.check_route(route, &mut route_names, &mut prefixes));
+            let default_mode = if has_auth { AuthMode::Required } else { AuthMode::Off };
+            let mode = self.auth_mode(&route.auth, has_auth, default_mode);
+            routes.push(self.check_route(route, mode, &mut route_names, &mut prefixes));
         }
         Some(Checked {
             server: server?,
             default_upstream: file.server.default_upstream.get_ref().clone(),
+            default_auth,
+            auth: if has_auth { Some(auth?) } else { None },
             upstreams,
             routes: routes.into_iter().collect::<Option<Vec<_>>>()?,
         })
+    }
+
+    /// An `auth` mode; `required` and `optional` need an `[auth]` section to check with.
+    fn auth_mode(&mut self, mode: &Option<Spanned<FileAuthMode>>, has_auth: bool, default: AuthMode) -> AuthMode {
+        let Some(mode) = mode else {
+            return default;
+        };
+        match mode.get_ref() {
+            FileAuthMode::Off => AuthMode::Off,
+            FileAuthMode::Required | FileAuthMode::Optional if !has_auth => {
+                self.error(span(mode), "checking tokens needs an [auth] section (algorithms and keys)");
+                AuthMode::Off
+            }
+            FileAuthMode::Required => AuthMode::Required,
+            FileAuthMode::Optional => AuthMode::Optional,
+        }
+    }
+
+    fn check_auth(&mut self, auth: &Spanned<FileAuth>) -> Option<Authenticator> {
+        let section = span(auth);
+        let auth = auth.get_ref();
+        let keys = self.load_keys(auth, section);
+        let algorithms = self.check_algorithms(&auth.algorithms, keys.as_ref());
+        let leeway = self.bounded(&auth.leeway_seconds, DEFAULT_LEEWAY_SECONDS, 0, MAX_LEEWAY_SECONDS, "seconds");
+        let cache_entries = self.bounded(&auth.cache_entries, DEFAULT_TOKEN_CACHE_ENTRIES, 0, 100_000_000, "entries");
+        let audiences = match auth.audience.as_ref().map(|a| (a.get_ref(), span(a))) {
+            None => Vec::new(),
+            Some((FileAudience::One(one), _)) => vec![one.clone()],
+            Some((FileAudience::Many(many), at)) => {
+                if many.is_empty() {
+                    self.error(at, "list at least one audience, or leave audience out to skip the check");
+                }
+                many.clone()
+            }
+        };
+        let mut claims_to_headers = Vec::new();
+        for (claim, header) in auth.claims_to_headers.iter().flatten() {
+            let name = header.get_ref();
+            match HeaderName::from_bytes(name.as_bytes()) {
+                Ok(parsed) if RESERVED_CLAIM_HEADERS.contains(&parsed.as_str()) => {
+                    self.error(
+                        span(header),
+                        format!("\"{name}\" cannot carry a claim: the gateway or HTTP relies on it"),
+                    );
+                }
+                Ok(parsed) => claims_to_headers.push((claim.clone(), parsed)),
+                Err(_) => self.error(span(header), format!("\"{name}\" is not a valid header name")),
+            }
+        }
+        let verifier =
+            Verifier::new(keys?, algorithms?, auth.issuer.as_ref().map(|i| i.get_ref().clone()), audiences, leeway);
+        let cookie = auth.cookie.as_ref().map(|c| c.get_ref().clone());
+        Some(Authenticator::new(verifier, claims_to_headers, cookie, cache_entries, Arc::new(SystemClock)))
+    }
+
+    fn load_keys(&mut self, auth: &FileAuth, section: Range<usize>) -> Option<KeySet> {
+        let sources = [&auth.jwks_file, &auth.public_key_file, &auth.hs256_secret_env];
+        let given: Vec<&Spanned<String>> = sources.iter().filter_map(|s| s.as_ref()).collect();
+        if given.len() != 1 {
+            let at = given.get(1).map_or(section, |second| span(second));
+            self.error(at, "give exactly one key source: jwks_file, public_key_file or hs256_secret_env");
+            return None;
+        }
+        let read = |checker: &mut Self, file: &Spanned<String>| -> Option<Vec<u8>> {
+            let path = checker.config_dir.join(file.get_ref());
+            match std::fs::read(&path) {
+                Ok(bytes) => Some(bytes),
+                Err(e) => {
+                    checker.error(span(file), format!("cannot read {}: {e}", path.display()));
+                    None
+                }
+            }
+        };
+        let (result, at) = if let Some(file) = &auth.jwks_file {
+            let bytes = read(self, file)?;
+            (KeySet::from_jwks(&String::from_utf8_lossy(&bytes)), span(file))
+        } else if let Some(file) = &auth.public_key_file {
+            (KeySet::from_pem(&read(self, file)?), span(file))
+        } else {
+            let variable = auth.hs256_secret_env.as_ref().expect("exactly one source is set");
+            match std::env::var(variable.get_ref()) {
+                Ok(secret) => (KeySet::from_secret(secret.as_bytes()), span(variable)),
+                Err(_) => {
+                    self.error(span(variable), format!("environment variable {} is not set", variable.get_ref()));
+                    return None;
+                }
+            }
+        };
+        result.map_err(|e| self.error(at, e.to_string())).ok()
+    }
+
+    fn check_algorithms(
+        &mut self,
+        list: &Spanned<Vec<Spanned<String>>>,
+        keys: Option<&KeySet>,
+    ) -> Option<Vec<Algorithm>> {
+        const SUPPORTED: &str = "RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA, HS256, HS384, HS512";
+        if list.get_ref().is_empty() {
+            self.error(span(list), format!("list at least one algorithm ({SUPPORTED})"));
+            return None;
+        }
+        let mut algorithms = Vec::new();
+        let mut ok = true;
+        for name in list.get_ref() {
+            let text = name.get_ref();
+            match text.parse::<Algorithm>() {
+                _ if text.eq_ignore_ascii_case("none") => {
+                    self.error(span(name), "\"none\" is never accepted: unsigned tokens prove nothing");
+                    ok = false;
+                }
+                Ok(algorithm) => {
+                    if keys.is_some_and(|k| !k.supports(algorithm)) {
+                        self.error(span(name), format!("no configured key can verify {text}"));
+                        ok = false;
+                    }
+                    algorithms.push(algorithm);
+                }
+                Err(_) => {
+                    self.error(span(name), format!("unknown algorithm \"{text}\" (supported: {SUPPORTED})"));
+                    ok = false;
+                }
+            }
+        }
+        ok.then_some(algorithms)
     }
 
     /// An optional millisecond/byte/count setting within `min..=max`, or its default.
@@ -277,6 +422,7 @@ impl Checker<'_> {
     fn check_route(
         &mut self,
         route: &FileRoute,
+        auth: AuthMode,
         names: &mut HashSet<String>,
         prefixes: &mut HashSet<String>,
     ) -> Option<CheckedRoute> {
@@ -309,6 +455,7 @@ impl Checker<'_> {
             prefix: prefix.clone(),
             service: route.service.get_ref().clone(),
             monolith: route.monolith.as_ref().map(|m| m.get_ref().clone()).unwrap_or_default(),
+            auth,
         })
     }
 }
@@ -343,6 +490,8 @@ fn build(checked: Checked, meta: ConfigMeta) -> Snapshot {
     let upstream = |name: &str| upstreams.get(name).cloned().expect("route upstreams were checked to exist");
     let default_monolith = upstream(&checked.default_upstream);
 
+    let mut auth_modes: Vec<AuthMode> = checked.routes.iter().map(|r| r.auth).collect();
+    auth_modes.push(checked.default_auth);
     let mut routes: Vec<Route> = checked
         .routes
         .into_iter()
@@ -377,13 +526,28 @@ fn build(checked: Checked, meta: ConfigMeta) -> Snapshot {
         .collect();
     // Handles registered before a recorder exists would count into nothing.
     crate::telemetry::metrics_handle();
-    let plugins: Vec<Arc<dyn Plugin>> = vec![Arc::new(RequestMetrics::new(&labels))];
-    Snapshot { meta, server: checked.server, upstreams, routes, router, plugins: PhasePlugins::new(plugins) }
+    let authenticator = checked.auth.map(Arc::new);
+    let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
+    if let Some(authenticator) = &authenticator {
+        plugins.push(Arc::new(AuthPlugin::new(authenticator.clone(), auth_modes.clone())));
+    }
+    plugins.push(Arc::new(RequestMetrics::new(&labels)));
+    Snapshot {
+        meta,
+        server: checked.server,
+        upstreams,
+        routes,
+        router,
+        auth: authenticator,
+        auth_modes,
+        plugins: PhasePlugins::new(plugins),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gateway_plugin_auth::AuthMode;
 
     const BASE: &str = r#"
 [server]
@@ -481,6 +645,92 @@ timeout_ms = 2000
                 "server.idle_timeout_ms (2000) must be longer than upstreams.users.timeout_ms (2000)",
             ),
             ("[server\n".to_owned(), "1:8: unclosed table"),
+        ];
+        for (text, expected) in cases {
+            let got = errors(&text);
+            assert!(
+                got.iter().any(|e| e.contains(expected)),
+                "expected {expected:?} in {got:#?}\n--- config ---\n{text}"
+            );
+        }
+    }
+
+    const FIXTURE_KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/keys");
+
+    fn with_auth(auth: &str, route_extra: &str) -> String {
+        format!(
+            "{BASE}\n[[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\n{route_extra}\n[auth]\n{auth}\n"
+        )
+    }
+
+    #[test]
+    fn an_auth_section_compiles_with_route_defaults() {
+        let text = with_auth(
+            &format!(
+                "algorithms = [\"RS256\", \"ES256\"]\njwks_file = \"{FIXTURE_KEYS}/jwks.json\"\nissuer = \"i\"\naudience = [\"api\"]\nclaims_to_headers = {{ sub = \"x-user-id\" }}"
+            ),
+            "",
+        );
+        let snapshot = compile(Path::new("routes.toml"), &text, 1).unwrap_or_else(|e| panic!("{e}"));
+        assert!(snapshot.auth.is_some());
+        assert_eq!(
+            snapshot.auth_modes,
+            [AuthMode::Required, AuthMode::Off],
+            "routes default to required, unmatched to off"
+        );
+        assert_eq!(snapshot.plugins.on_request.len(), 1);
+    }
+
+    #[test]
+    fn bad_auth_snippets_name_line_column_and_key() {
+        let jwks = format!("jwks_file = \"{FIXTURE_KEYS}/jwks.json\"");
+        let cases: Vec<(String, &str)> = vec![
+            (
+                with_auth(&format!("algorithms = [\"none\"]\n{jwks}"), ""),
+                "19:15: auth.algorithms[0]: \"none\" is never accepted",
+            ),
+            (
+                with_auth(&format!("algorithms = [\"RS256\", \"XS1\"]\n{jwks}"), ""),
+                "19:24: auth.algorithms[1]: unknown algorithm \"XS1\"",
+            ),
+            (
+                with_auth(&format!("algorithms = [\"HS256\"]\n{jwks}"), ""),
+                "19:15: auth.algorithms[0]: no configured key can verify HS256",
+            ),
+            (with_auth("algorithms = [\"RS256\"]", ""), "18:1: auth: give exactly one key source"),
+            (
+                with_auth(&format!("algorithms = [\"RS256\"]\n{jwks}\npublic_key_file = \"k.pem\""), ""),
+                "21:19: auth.public_key_file: give exactly one key source",
+            ),
+            (
+                with_auth("algorithms = [\"RS256\"]\njwks_file = \"/nonexistent/jwks.json\"", ""),
+                "20:13: auth.jwks_file: cannot read /nonexistent/jwks.json",
+            ),
+            (
+                with_auth("algorithms = [\"HS256\"]\nhs256_secret_env = \"GATEWAY_TEST_SECRET_THAT_IS_NOT_SET\"", ""),
+                "20:20: auth.hs256_secret_env: environment variable GATEWAY_TEST_SECRET_THAT_IS_NOT_SET is not set",
+            ),
+            (
+                with_auth(
+                    &format!("algorithms = [\"RS256\"]\n{jwks}\nclaims_to_headers = {{ sub = \"authorization\" }}"),
+                    "",
+                ),
+                "21:29: auth.claims_to_headers.sub: \"authorization\" cannot carry a claim",
+            ),
+            (
+                with_auth(&format!("algorithms = [\"RS256\"]\n{jwks}\nleeway_seconds = 3600"), ""),
+                "21:18: auth.leeway_seconds: must be between 0 and 300 seconds",
+            ),
+            (
+                with_auth(&format!("algorithms = [\"RS256\"]\n{jwks}"), "auth = \"sometimes\""),
+                "17:8: routes[0].auth: unknown variant `sometimes`",
+            ),
+            (
+                format!(
+                    "{BASE}\n[[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\nauth = \"required\"\n"
+                ),
+                "17:8: routes[0].auth: checking tokens needs an [auth] section",
+            ),
         ];
         for (text, expected) in cases {
             let got = errors(&text);

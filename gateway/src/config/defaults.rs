@@ -24,3 +24,9 @@ pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
 pub const DEFAULT_POOL_IDLE_TIMEOUT_MS: u64 = 30_000;
 /// Idle connections kept per upstream: 128 (count).
 pub const DEFAULT_POOL_MAX_IDLE: u64 = 128;
+/// Clock skew tolerated on `exp` and `nbf`: 30 seconds.
+pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
+/// Largest accepted leeway: 5 minutes (seconds).
+pub const MAX_LEEWAY_SECONDS: u64 = 300;
+/// Verified tokens cached: 100 000 (count), a few tens of MB at most.
+pub const DEFAULT_TOKEN_CACHE_ENTRIES: u64 = 100_000;

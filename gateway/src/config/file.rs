@@ -16,6 +16,8 @@ use toml::Spanned;
 pub struct FileConfig {
     /// `[server]`: listeners, the trunk upstream and client-facing limits.
     pub server: FileServer,
+    /// `[auth]`: how tokens are verified; absent means no route checks tokens.
+    pub auth: Option<Spanned<FileAuth>>,
     /// `[upstreams.<name>]`: every backend the gateway may call, by name.
     #[serde(default)]
     pub upstreams: BTreeMap<Spanned<String>, FileUpstream>,
@@ -50,6 +52,56 @@ pub struct FileServer {
     pub shutdown_grace_ms: Option<Spanned<u64>>,
     /// Write one JSON access-log line per request.
     pub access_log: Option<bool>,
+    /// What unmatched traffic (to `default_upstream`) asks of the caller; default off.
+    pub default_auth: Option<Spanned<FileAuthMode>>,
+}
+
+/// `auth = "required" | "optional" | "off"`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileAuthMode {
+    /// A valid token is required.
+    Required,
+    /// No token is anonymous; a present token must be valid.
+    Optional,
+    /// Tokens are not looked at.
+    Off,
+}
+
+/// `audience = "api"` or `audience = ["api", "web"]`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FileAudience {
+    /// One accepted audience.
+    One(String),
+    /// Several; a token naming any of them is accepted.
+    Many(Vec<String>),
+}
+
+/// `[auth]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAuth {
+    /// The allow-list of signing algorithms, e.g. `["RS256", "ES256"]`; never `none`.
+    pub algorithms: Spanned<Vec<Spanned<String>>>,
+    /// A JWKS document (keys by `kid`), relative to this file's directory.
+    pub jwks_file: Option<Spanned<String>>,
+    /// One PEM public key (RSA, EC or Ed25519), relative to this file's directory.
+    pub public_key_file: Option<Spanned<String>>,
+    /// Name of the environment variable holding the HMAC secret (never the secret itself).
+    pub hs256_secret_env: Option<Spanned<String>>,
+    /// Required `iss`, when set.
+    pub issuer: Option<Spanned<String>>,
+    /// Accepted `aud` values, when set.
+    pub audience: Option<Spanned<FileAudience>>,
+    /// Clock skew tolerated on `exp` and `nbf`, seconds.
+    pub leeway_seconds: Option<Spanned<u64>>,
+    /// A cookie to take the token from when there is no `Authorization: Bearer`.
+    pub cookie: Option<Spanned<String>>,
+    /// Claim -> request header, set from verified tokens only (and stripped otherwise).
+    pub claims_to_headers: Option<BTreeMap<String, Spanned<String>>>,
+    /// Verified tokens kept in the cache (0 disables it).
+    pub cache_entries: Option<Spanned<u64>>,
 }
 
 /// `[upstreams.<name>]`.
@@ -81,4 +133,6 @@ pub struct FileRoute {
     pub service: Spanned<String>,
     /// The route's monolith; defaults to `server.default_upstream`.
     pub monolith: Option<Spanned<String>>,
+    /// What the route asks of the caller; default `required` when `[auth]` exists.
+    pub auth: Option<Spanned<FileAuthMode>>,
 }

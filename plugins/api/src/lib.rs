@@ -17,6 +17,8 @@
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, StatusCode};
@@ -90,6 +92,41 @@ impl Rejection {
     }
 }
 
+/// A claim of a verified token, in a form later phases can compare without re-parsing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClaimValue {
+    /// A string, or a number or boolean as written in the token (`42`, `true`).
+    Text(String),
+    /// An array whose items are strings, numbers or booleans, each as text.
+    List(Vec<String>),
+}
+
+/// The caller, as proven by a token the authentication phase verified.
+///
+/// Later phases (rollout, segments, aggregation) read this; nothing re-parses the token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Identity {
+    /// Claims usable as text; objects and nested arrays are left out.
+    pub claims: BTreeMap<String, ClaimValue>,
+    /// `exp`, in seconds since the Unix epoch.
+    pub expires_at: u64,
+}
+
+impl Identity {
+    /// A claim's value when it is text (strings, numbers, booleans).
+    pub fn claim(&self, name: &str) -> Option<&str> {
+        match self.claims.get(name)? {
+            ClaimValue::Text(text) => Some(text),
+            ClaimValue::List(_) => None,
+        }
+    }
+
+    /// `sub`, if the token has one.
+    pub fn subject(&self) -> Option<&str> {
+        self.claim("sub")
+    }
+}
+
 /// What a phase tells the pipeline to do next.
 #[derive(Debug)]
 pub enum Flow {
@@ -114,13 +151,26 @@ pub struct RequestCtx {
     /// The side chosen for this request; set by `select_target`.
     pub target: Option<Target>,
     /// Name of the upstream the request was sent to; set by `forward`.
-    pub upstream: Option<std::sync::Arc<str>>,
+    pub upstream: Option<Arc<str>>,
+    /// The verified caller; `None` for anonymous requests. Set by authentication.
+    pub identity: Option<Arc<Identity>>,
+    /// Why authentication refused the request (`expired`, `bad-signature`, ...), for
+    /// metrics. Set by authentication.
+    pub auth_failure: Option<&'static str>,
 }
 
 impl RequestCtx {
     /// A fresh context for a request with the given id.
     pub fn new(request_id: HeaderValue) -> Self {
-        RequestCtx { request_id, path: String::new(), route: None, target: None, upstream: None }
+        RequestCtx {
+            request_id,
+            path: String::new(),
+            route: None,
+            target: None,
+            upstream: None,
+            identity: None,
+            auth_failure: None,
+        }
     }
 }
 
@@ -174,6 +224,20 @@ pub trait Plugin: Send + Sync + 'static {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn identity_claims_read_as_text() {
+        let identity = Identity {
+            claims: BTreeMap::from([
+                ("sub".to_owned(), ClaimValue::Text("alice".to_owned())),
+                ("groups".to_owned(), ClaimValue::List(vec!["beta".to_owned()])),
+            ]),
+            expires_at: 10,
+        };
+        assert_eq!(identity.subject(), Some("alice"));
+        assert_eq!(identity.claim("groups"), None, "a list is not text");
+        assert_eq!(identity.claim("missing"), None);
+    }
 
     #[test]
     fn target_indexes_follow_all() {

@@ -38,6 +38,7 @@ struct SlotHandles {
 
 /// Per target slot; `None` where the route cannot send traffic (no series is exported).
 struct RouteHandles {
+    route: String,
     slots: [Option<SlotHandles>; TARGET_SLOTS],
 }
 
@@ -73,7 +74,7 @@ fn register_route(labels: &RouteLabels) -> RouteHandles {
     slots[Target::Service.index()] =
         labels.service_upstream.as_ref().map(|service| register(Target::Service.as_str(), service.clone()));
     slots[NONE_SLOT] = Some(register(names::TARGET_NONE, names::UPSTREAM_NONE.to_owned()));
-    RouteHandles { slots }
+    RouteHandles { route: labels.route.clone(), slots }
 }
 
 fn status_class_index(status: u16) -> usize {
@@ -94,6 +95,10 @@ impl Plugin for RequestMetrics {
         let Some(handles) = self.routes.get(route.0) else {
             return;
         };
+        if let Some(reason) = ctx.auth_failure {
+            // Refusals are the slow path; a label lookup here costs nothing that matters.
+            counter!(names::AUTH_FAILURES_TOTAL, "route" => handles.route.clone(), "reason" => reason).increment(1);
+        }
         let slot = ctx.target.map_or(NONE_SLOT, Target::index);
         let Some(slot) = &handles.slots[slot] else {
             return;

@@ -6,6 +6,9 @@
 pub const REQUESTS_TOTAL: &str = "gateway_requests_total";
 /// Histogram (seconds): time to the response head, by `route` and `target`.
 pub const REQUEST_DURATION_SECONDS: &str = "gateway_request_duration_seconds";
+/// Counter: requests refused by authentication, by `route` and `reason` (`missing`,
+/// `expired`, `bad-signature`, ...).
+pub const AUTH_FAILURES_TOTAL: &str = "gateway_auth_failures_total";
 /// Counter: config reload attempts, by `result` (ok|error).
 pub const CONFIG_RELOADS_TOTAL: &str = "gateway_config_reloads_total";
 /// Gauge: version of the config snapshot being served (1 for the first load).

@@ -1,0 +1,257 @@
+//! Verification keys, each bound to its algorithm family.
+//!
+//! A key remembers its family (RSA, EC, EdDSA, HMAC) and, when the source says so, the one
+//! algorithm it is for (a JWK's `alg`, an EC key's curve). A token whose `alg` is of
+//! another family is refused before any cryptography runs, so an RSA public key can never
+//! be used as an HMAC secret ("algorithm confusion").
+
+use std::str::FromStr;
+
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
+use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
+use sha2::{Digest, Sha256};
+
+/// Shortest accepted HMAC secret (bytes): 256 bits, as RFC 7518 §3.2 requires for HS256.
+pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+
+/// Why keys could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The JWKS document is not valid JSON of the JWKS shape.
+    #[error("not a JWKS document: {0}")]
+    NotJwks(String),
+    /// A JWK could not be turned into a key.
+    #[error("key {kid}: {reason}")]
+    BadJwk {
+        /// The key's `kid`, or its position.
+        kid: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No usable signing key was found.
+    #[error("no signature-verification key found")]
+    Empty,
+    /// The PEM is not an RSA, EC or Ed25519 public key.
+    #[error("not an RSA, EC or Ed25519 public key in PEM form")]
+    BadPem,
+    /// The HMAC secret is too short.
+    #[error("the secret is {0} bytes; at least {MIN_HMAC_SECRET_BYTES} are required")]
+    ShortSecret(usize),
+}
+
+/// One key a token may be verified with.
+#[derive(Clone)]
+pub struct VerifyingKey {
+    /// The `kid` that selects it, when it has one.
+    pub kid: Option<String>,
+    /// The family of algorithms it can verify.
+    pub family: AlgorithmFamily,
+    /// The single algorithm it is for, when the source pins one.
+    pub algorithm: Option<Algorithm>,
+    key: DecodingKey,
+}
+
+impl VerifyingKey {
+    /// The key material for jsonwebtoken.
+    pub fn decoding_key(&self) -> &DecodingKey {
+        &self.key
+    }
+
+    /// Whether this key may verify a token signed with `algorithm`.
+    pub fn accepts(&self, algorithm: Algorithm) -> bool {
+        algorithm.family() == self.family && self.algorithm.is_none_or(|pinned| pinned == algorithm)
+    }
+}
+
+impl std::fmt::Debug for VerifyingKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material: an HMAC key is a secret.
+        f.debug_struct("VerifyingKey")
+            .field("kid", &self.kid)
+            .field("family", &self.family)
+            .field("algorithm", &self.algorithm)
+            .finish()
+    }
+}
+
+/// The trusted keys.
+#[derive(Clone, Debug)]
+pub struct KeySet {
+    keys: Vec<VerifyingKey>,
+    /// SHA-256 of the key material: equal fingerprints mean the same trust, so a cache of
+    /// verified tokens may be kept across a reload.
+    fingerprint: [u8; 32],
+}
+
+impl KeySet {
+    /// Keys from a JWKS document. RSA, EC and OKP (Ed25519) keys are used; keys marked
+    /// `"use": "enc"` or with a non-signing `alg` are skipped; symmetric (`oct`) keys are
+    /// refused, because a secret does not belong in a file.
+    pub fn from_jwks(json: &str) -> Result<Self, KeyError> {
+        let set: JwkSet = serde_json::from_str(json).map_err(|e| KeyError::NotJwks(e.to_string()))?;
+        let mut keys = Vec::new();
+        for (i, jwk) in set.keys.iter().enumerate() {
+            let kid = jwk.common.key_id.clone();
+            let name = kid.clone().unwrap_or_else(|| format!("#{i}"));
+            let bad = |reason: String| KeyError::BadJwk { kid: name.clone(), reason };
+            if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+                continue;
+            }
+            let pinned = match &jwk.common.key_algorithm {
+                Some(algorithm) => {
+                    let name = serde_json::to_value(algorithm).ok().and_then(|v| v.as_str().map(str::to_owned));
+                    match name.as_deref().map(Algorithm::from_str) {
+                        Some(Ok(algorithm)) => Some(algorithm),
+                        // An encryption algorithm (RSA-OAEP, ...): not a signing key.
+                        _ => continue,
+                    }
+                }
+                None => None,
+            };
+            let (family, curve_algorithm) = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => (AlgorithmFamily::Rsa, None),
+                AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
+                    EllipticCurve::P256 => (AlgorithmFamily::Ec, Some(Algorithm::ES256)),
+                    EllipticCurve::P384 => (AlgorithmFamily::Ec, Some(Algorithm::ES384)),
+                    ref other => return Err(bad(format!("unsupported curve {other:?}"))),
+                },
+                AlgorithmParameters::OctetKeyPair(_) => (AlgorithmFamily::Ed, None),
+                AlgorithmParameters::OctetKey(_) => {
+                    return Err(bad("symmetric (oct) keys are not read from files; use hs256_secret_env".to_owned()));
+                }
+                _ => return Err(bad("unsupported key type".to_owned())),
+            };
+            if let (Some(pinned), Some(by_curve)) = (pinned, curve_algorithm) {
+                if pinned != by_curve {
+                    return Err(bad(format!("alg {pinned:?} does not match the key's curve")));
+                }
+            }
+            if let Some(pinned) = pinned {
+                if pinned.family() != family {
+                    return Err(bad(format!("alg {pinned:?} does not match the key type")));
+                }
+            }
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(e.to_string()))?;
+            keys.push(VerifyingKey { kid, family, algorithm: pinned.or(curve_algorithm), key });
+        }
+        Self::new(keys, json.as_bytes())
+    }
+
+    /// One public key in PEM form (RSA, EC or Ed25519), used for tokens with any `kid`.
+    pub fn from_pem(pem: &[u8]) -> Result<Self, KeyError> {
+        let (key, family) = if let Ok(key) = DecodingKey::from_rsa_pem(pem) {
+            (key, AlgorithmFamily::Rsa)
+        } else if let Ok(key) = DecodingKey::from_ec_pem(pem) {
+            (key, AlgorithmFamily::Ec)
+        } else if let Ok(key) = DecodingKey::from_ed_pem(pem) {
+            (key, AlgorithmFamily::Ed)
+        } else {
+            return Err(KeyError::BadPem);
+        };
+        Self::new(vec![VerifyingKey { kid: None, family, algorithm: None, key }], pem)
+    }
+
+    /// An HMAC secret, used for tokens with any `kid`.
+    pub fn from_secret(secret: &[u8]) -> Result<Self, KeyError> {
+        if secret.len() < MIN_HMAC_SECRET_BYTES {
+            return Err(KeyError::ShortSecret(secret.len()));
+        }
+        let key = VerifyingKey {
+            kid: None,
+            family: AlgorithmFamily::Hmac,
+            algorithm: None,
+            key: DecodingKey::from_secret(secret),
+        };
+        Self::new(vec![key], secret)
+    }
+
+    fn new(keys: Vec<VerifyingKey>, material: &[u8]) -> Result<Self, KeyError> {
+        if keys.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        Ok(KeySet { keys, fingerprint: Sha256::digest(material).into() })
+    }
+
+    /// The key for a token: the one with its `kid`; a key without a `kid` (PEM, secret)
+    /// serves any token; a token without a `kid` is served when exactly one key exists.
+    pub fn find(&self, kid: Option<&str>) -> Option<&VerifyingKey> {
+        match kid {
+            Some(kid) => self
+                .keys
+                .iter()
+                .find(|k| k.kid.as_deref() == Some(kid))
+                .or_else(|| self.keys.iter().find(|k| k.kid.is_none())),
+            None if self.keys.len() == 1 => self.keys.first(),
+            None => None,
+        }
+    }
+
+    /// Whether some key may verify tokens signed with `algorithm`.
+    pub fn supports(&self, algorithm: Algorithm) -> bool {
+        self.keys.iter().any(|k| k.accepts(algorithm))
+    }
+
+    /// SHA-256 of the key material.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        self.fingerprint
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/keys/");
+
+    fn fixture(name: &str) -> Vec<u8> {
+        std::fs::read(format!("{FIXTURES}{name}")).expect("fixture exists")
+    }
+
+    #[test]
+    fn jwks_keys_carry_family_and_algorithm() {
+        let set = KeySet::from_jwks(&String::from_utf8(fixture("jwks.json")).expect("utf-8")).expect("loads");
+        let rsa = set.find(Some("rsa-1")).expect("rsa key");
+        assert_eq!(rsa.family, AlgorithmFamily::Rsa);
+        assert!(rsa.accepts(Algorithm::RS256));
+        assert!(!rsa.accepts(Algorithm::HS256), "an RSA key never verifies HMAC");
+        assert!(!rsa.accepts(Algorithm::PS256), "the JWK pins RS256");
+        let ec = set.find(Some("ec-1")).expect("ec key");
+        assert!(ec.accepts(Algorithm::ES256) && !ec.accepts(Algorithm::ES384));
+        assert!(set.find(Some("ed-1")).expect("ed key").accepts(Algorithm::EdDSA));
+        assert!(set.find(Some("nope")).is_none());
+        assert!(set.find(None).is_none(), "several keys: a token must name its kid");
+    }
+
+    #[test]
+    fn pem_keys_are_classified_by_family() {
+        for (file, family) in [
+            ("rsa-public.pem", AlgorithmFamily::Rsa),
+            ("ec-public.pem", AlgorithmFamily::Ec),
+            ("ed-public.pem", AlgorithmFamily::Ed),
+        ] {
+            let set = KeySet::from_pem(&fixture(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(set.find(None).expect("one key").family, family, "{file}");
+            assert!(set.find(Some("any-kid")).is_some(), "a PEM key serves any kid");
+        }
+        assert!(matches!(KeySet::from_pem(b"not a key"), Err(KeyError::BadPem)));
+    }
+
+    #[test]
+    fn secrets_must_be_long_enough_and_oct_keys_are_refused() {
+        assert!(matches!(KeySet::from_secret(b"short"), Err(KeyError::ShortSecret(5))));
+        assert!(KeySet::from_secret(&[7u8; 32]).is_ok());
+        let oct = r#"{"keys":[{"kty":"oct","kid":"s","k":"c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}]}"#;
+        assert!(matches!(KeySet::from_jwks(oct), Err(KeyError::BadJwk { .. })));
+        assert!(matches!(KeySet::from_jwks(r#"{"keys":[]}"#), Err(KeyError::Empty)));
+        assert!(matches!(KeySet::from_jwks("{"), Err(KeyError::NotJwks(_))));
+    }
+
+    #[test]
+    fn fingerprints_follow_key_material() {
+        let a = KeySet::from_secret(&[1u8; 32]).expect("valid");
+        let b = KeySet::from_secret(&[1u8; 32]).expect("valid");
+        let c = KeySet::from_secret(&[2u8; 32]).expect("valid");
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+    }
+}
