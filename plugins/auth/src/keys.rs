@@ -121,15 +121,15 @@ impl KeySet {
                 }
                 _ => return Err(bad("unsupported key type".to_owned())),
             };
-            if let (Some(pinned), Some(by_curve)) = (pinned, curve_algorithm) {
-                if pinned != by_curve {
-                    return Err(bad(format!("alg {pinned:?} does not match the key's curve")));
-                }
+            if let (Some(pinned), Some(by_curve)) = (pinned, curve_algorithm)
+                && pinned != by_curve
+            {
+                return Err(bad(format!("alg {pinned:?} does not match the key's curve")));
             }
-            if let Some(pinned) = pinned {
-                if pinned.family() != family {
-                    return Err(bad(format!("alg {pinned:?} does not match the key type")));
-                }
+            if let Some(pinned) = pinned
+                && pinned.family() != family
+            {
+                return Err(bad(format!("alg {pinned:?} does not match the key type")));
             }
             let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(e.to_string()))?;
             keys.push(VerifyingKey { kid, family, algorithm: pinned.or(curve_algorithm), key });

@@ -143,16 +143,16 @@ impl Authenticator {
         let mut found = None;
         for value in headers.get_all(AUTHORIZATION) {
             let Ok(text) = value.to_str() else { continue };
-            if let Some(token) = strip_bearer(text) {
-                if found.replace(token).is_some() {
-                    return Err(AuthFailure::Malformed);
-                }
+            if let Some(token) = strip_bearer(text)
+                && found.replace(token).is_some()
+            {
+                return Err(AuthFailure::Malformed);
             }
         }
-        if found.is_none() {
-            if let Some(name) = &self.cookie {
-                found = cookie_value(headers, name);
-            }
+        if found.is_none()
+            && let Some(name) = &self.cookie
+        {
+            found = cookie_value(headers, name);
         }
         Ok(found)
     }

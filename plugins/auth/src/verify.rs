@@ -114,10 +114,10 @@ impl Verifier {
                 return Err(AuthFailure::NotYetValid);
             }
         }
-        if let Some(issuer) = &self.issuer {
-            if claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str()) {
-                return Err(AuthFailure::BadIssuer);
-            }
+        if let Some(issuer) = &self.issuer
+            && claims.get("iss").and_then(Value::as_str) != Some(issuer.as_str())
+        {
+            return Err(AuthFailure::BadIssuer);
         }
         if !self.audiences.is_empty() && !audience_matches(claims.get("aud"), &self.audiences) {
             return Err(AuthFailure::BadAudience);
