@@ -22,8 +22,11 @@ use tokio::net::TcpListener;
 
 use crate::snapshot::Snapshot;
 
-/// The bundled `routes.toml`, used when the demo is run where no such file exists.
-pub const BUNDLED_ROUTES: &str = include_str!("../../routes.toml");
+/// The demo's signing key, relative to the config file's directory. Its public half is
+/// `demo/keys/jwks.json`, which the bundled routes.toml trusts (demo only).
+pub const DEMO_SIGNING_KEY: &str = "demo/keys/demo-signing-key.pem";
+/// The `kid` of the demo key in `demo/keys/jwks.json`.
+pub const DEMO_KEY_ID: &str = "demo-es256";
 
 /// Why a demo upstream could not start.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +97,8 @@ fn echo(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
         "x_request_id": header("x-request-id"),
         "x_forwarded_for": header("x-forwarded-for"),
         "x_forwarded_proto": header("x-forwarded-proto"),
+        "x_user_id": header("x-user-id"),
+        "x_user_email": header("x-user-email"),
     });
     let mut response = Response::new(Full::new(Bytes::from(format!("{body}\n"))));
     response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -119,4 +124,57 @@ pub fn try_lines(snapshot: &Snapshot, listen: SocketAddr, admin: SocketAddr) -> 
     lines.push(format!("curl -s http://{admin}/metrics | grep '^gateway_requests_total' | grep -v ' 0$'"));
     lines.push(format!("curl -s http://{admin}/admin/config"));
     lines
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// When the config checks tokens: a ready-to-paste token minted with the demo key, and
+/// the curl lines that use it.
+pub fn token_lines(snapshot: &Snapshot, listen: SocketAddr) -> Vec<String> {
+    let Some(auth) = &snapshot.auth else {
+        return Vec::new();
+    };
+    let Some(protected) = snapshot
+        .routes
+        .iter()
+        .zip(&snapshot.auth_modes)
+        .find(|(route, mode)| route.prefix.is_some() && **mode == gateway_plugin_auth::AuthMode::Required)
+        .and_then(|(route, _)| route.prefix.clone())
+    else {
+        return Vec::new();
+    };
+    let config_dir = snapshot.meta.source.parent().unwrap_or(std::path::Path::new("."));
+    let key = config_dir.join(DEMO_SIGNING_KEY);
+    let request = crate::token::TokenRequest {
+        algorithm: "ES256".to_owned(),
+        kid: Some(DEMO_KEY_ID.to_owned()),
+        subject: Some("alice".to_owned()),
+        issuer: auth.verifier().issuer().map(str::to_owned),
+        audience: auth.verifier().audiences().first().cloned(),
+        ttl_seconds: 3600,
+        claims: vec!["email=alice@company.com".to_owned()],
+    };
+    let mint_command = format!(
+        "gateway token --key {} --kid {DEMO_KEY_ID} --sub alice{}{}",
+        key.display(),
+        request.issuer.as_ref().map(|i| format!(" --iss {i}")).unwrap_or_default(),
+        request.audience.as_ref().map(|a| format!(" --aud {a}")).unwrap_or_default(),
+    );
+    match crate::token::mint(&key, &request, now_unix()) {
+        Ok(token) => vec![
+            format!("\n{protected} requires a token. One for alice, valid for an hour, signed with the demo key:"),
+            format!("  export TOKEN={token}"),
+            format!(
+                "  curl -s -H \"Authorization: Bearer $TOKEN\" http://{listen}{protected}/42   # the service sees x-user-id: alice"
+            ),
+            format!("  curl -si http://{listen}{protected}/42   # no token -> 401 jwt-missing"),
+            format!("Mint others with: {mint_command}"),
+        ],
+        Err(e) => vec![format!(
+            "\n{protected} requires a token; the demo key is unavailable ({e}). Mint one with: {mint_command}"
+        )],
+    }
 }

@@ -25,4 +25,5 @@ pub mod router;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod token;
 pub mod upstream;

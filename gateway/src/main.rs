@@ -35,9 +35,36 @@ enum Command {
     },
     /// Start demo upstreams on loopback and the gateway in front of them.
     Demo {
-        /// The routes file; the bundled one is used if this file does not exist.
+        /// The routes file (the bundled one, run from the repository root).
         #[arg(long, default_value = "routes.toml")]
         config: PathBuf,
+    },
+    /// Mint a signed JWT to try protected routes with (prints it on stdout).
+    Token {
+        /// Private key in PEM (RSA, EC or Ed25519).
+        #[arg(long)]
+        key: PathBuf,
+        /// Signing algorithm.
+        #[arg(long, default_value = "ES256")]
+        alg: String,
+        /// `kid` header, naming the key in the gateway's JWKS.
+        #[arg(long)]
+        kid: Option<String>,
+        /// `sub` claim.
+        #[arg(long)]
+        sub: Option<String>,
+        /// `iss` claim.
+        #[arg(long)]
+        iss: Option<String>,
+        /// `aud` claim.
+        #[arg(long)]
+        aud: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// Extra claim NAME=VALUE (repeatable); JSON values (numbers, arrays) are kept as such.
+        #[arg(long = "claim")]
+        claims: Vec<String>,
     },
 }
 
@@ -46,7 +73,21 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check { file } => return check(&file),
         Command::Run { config } => load_or_exit(&config).and_then(|s| serve(s, false)),
-        Command::Demo { config } => demo_config(&config).and_then(|s| serve(s, true)),
+        Command::Demo { config } => load_or_exit(&config).and_then(|s| serve(s, true)),
+        Command::Token { key, alg, kid, sub, iss, aud, ttl, claims } => {
+            let request = gateway::token::TokenRequest {
+                algorithm: alg,
+                kid,
+                subject: sub,
+                issuer: iss,
+                audience: aud,
+                ttl_seconds: ttl,
+                claims,
+            };
+            gateway::token::mint(&key, &request, gateway::demo::now_unix())
+                .map(|token| println!("{token}"))
+                .map_err(Into::into)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -78,14 +119,6 @@ fn check(file: &Path) -> ExitCode {
 
 fn load_or_exit(path: &Path) -> anyhow::Result<Snapshot> {
     config::load(path, 1).map_err(explain_config_error)
-}
-
-fn demo_config(path: &Path) -> anyhow::Result<Snapshot> {
-    if path.exists() {
-        return load_or_exit(path);
-    }
-    eprintln!("{} not found; using the bundled routes.toml", path.display());
-    config::compile(Path::new("routes.toml (bundled)"), gateway::demo::BUNDLED_ROUTES, 1).map_err(explain_config_error)
 }
 
 fn explain_config_error(e: ConfigError) -> anyhow::Error {
@@ -128,6 +161,9 @@ fn serve(snapshot: Snapshot, demo: bool) -> anyhow::Result<()> {
             println!("\nTry:");
             for line in gateway::demo::try_lines(&snapshot, running.listen_addr, running.admin_addr) {
                 println!("  {line}");
+            }
+            for line in gateway::demo::token_lines(&snapshot, running.listen_addr) {
+                println!("{line}");
             }
             println!("\nCtrl-C stops the demo.");
         }

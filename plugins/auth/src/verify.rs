@@ -60,6 +60,16 @@ impl Verifier {
         &self.keys
     }
 
+    /// The required issuer, if any.
+    pub fn issuer(&self) -> Option<&str> {
+        self.issuer.as_deref()
+    }
+
+    /// The accepted audiences (empty: not checked).
+    pub fn audiences(&self) -> &[String] {
+        &self.audiences
+    }
+
     /// Leeway applied to `exp` and `nbf`.
     pub fn leeway_seconds(&self) -> u64 {
         self.leeway_seconds

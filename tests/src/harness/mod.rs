@@ -2,6 +2,7 @@
 
 mod client;
 mod gateway;
+pub mod tokens;
 mod upstream;
 
 pub use client::{Reply, get, raw_exchange, send, send_h2};

@@ -32,4 +32,9 @@ fn the_bundled_routes_toml_compiles_to_the_documented_routes() {
             ("_default", None, None, "monolith"),
         ]
     );
+    use gateway_plugin_auth::AuthMode;
+    assert_eq!(snapshot.auth_modes, [AuthMode::Required, AuthMode::Optional, AuthMode::Off]);
+    let verifier = snapshot.auth.as_ref().expect("the bundled config checks tokens").verifier();
+    assert_eq!(verifier.issuer(), Some("https://auth.demo.local"));
+    assert_eq!(verifier.audiences(), ["api"]);
 }

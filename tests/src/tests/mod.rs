@@ -1,4 +1,5 @@
 mod admin;
+mod auth;
 mod config;
 mod hygiene;
 mod lifecycle;
