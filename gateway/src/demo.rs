@@ -108,10 +108,15 @@ fn echo(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
 /// The lines printed for the user to try: one per route, one unmatched, the admin side.
 pub fn try_lines(snapshot: &Snapshot, listen: SocketAddr, admin: SocketAddr) -> Vec<String> {
     let mut lines = Vec::new();
-    for route in &snapshot.routes {
+    for (route, mode) in snapshot.routes.iter().zip(&snapshot.auth_modes) {
         if let (Some(prefix), Some(service)) = (&route.prefix, &route.service) {
+            let note = match mode {
+                gateway_plugin_auth::AuthMode::Required => ", 401 without the token below",
+                gateway_plugin_auth::AuthMode::Optional => ", token optional",
+                gateway_plugin_auth::AuthMode::Off => "",
+            };
             lines.push(format!(
-                "curl -s http://{listen}{prefix}/42        # route {} -> service {}",
+                "curl -s http://{listen}{prefix}/42        # route {} -> service {}{note}",
                 route.name, service.name
             ));
         }
