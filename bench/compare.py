@@ -11,6 +11,9 @@ measures, interleaved round by round so drift hits every target alike:
   nginx    1 worker, upstream keepalive
   haproxy  1 thread, http-reuse always
   gateway  1 worker thread, access log off
+  gateway, JWT RS256 (cached)  the same, on a route that requires a token; wrk sends one
+           valid RS256 token (minted with the test fixture key), so after the first request
+           every check is a verified-token cache hit
 
 Every proxy does the same per-request work: keep-alive to the upstream, X-Forwarded-For,
 X-Forwarded-Proto and a request id. The proxy under test is pinned to CPU 0; wrk and the
@@ -36,8 +39,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_PORT = 18080
-PORTS = {"nginx": 18081, "haproxy": 18082, "gateway": 18083}
-GATEWAY_ADMIN_PORT = 18093
+PORTS = {"nginx": 18081, "haproxy": 18082, "gateway": 18083, "gateway-jwt": 18084}
+GATEWAY_ADMIN_PORTS = {"gateway": 18093, "gateway-jwt": 18094}
+FIXTURE_KEYS = ROOT / "tests" / "fixtures" / "keys"
 PATH = "/api/users/42"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROXY_CPU = "0"
@@ -125,9 +129,10 @@ def to_ms(value, unit):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(port, duration, connections):
+def run_wrk(port, duration, connections, headers=()):
+    header_args = [arg for header in headers for arg in ("-H", header)]
     out = subprocess.run(
-        pinned(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+        pinned(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", *header_args,
                           f"http://127.0.0.1:{port}{PATH}"]),
         capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -206,11 +211,11 @@ backend be
         procs["haproxy"] = subprocess.Popen(pinned(PROXY_CPU, ["haproxy", "-f", str(haproxy_cfg)]),
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                             start_new_session=True)
-        gateway_cfg = Path(work) / "routes.toml"
-        gateway_cfg.write_text(f"""
+        def gateway_config(name, auth):
+            return f"""
 [server]
-listen = "127.0.0.1:{PORTS['gateway']}"
-admin_listen = "127.0.0.1:{GATEWAY_ADMIN_PORT}"
+listen = "127.0.0.1:{PORTS[name]}"
+admin_listen = "127.0.0.1:{GATEWAY_ADMIN_PORTS[name]}"
 default_upstream = "monolith"
 workers = 1
 access_log = false
@@ -224,29 +229,48 @@ url = "http://127.0.0.1:{UPSTREAM_PORT}"
 name = "users"
 prefix = "/api/users"
 service = "users"
-""")
-        procs["gateway"] = subprocess.Popen(pinned(PROXY_CPU, [str(gateway_bin), "run", "--config", str(gateway_cfg)]),
-                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                            start_new_session=True)
+{auth}"""
+
+        jwt_auth = f"""
+[auth]
+algorithms = ["RS256"]
+jwks_file = "{FIXTURE_KEYS / 'jwks.json'}"
+issuer = "https://auth.bench.local"
+audience = "api"
+claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
+"""
+        for name, auth in (("gateway", ""), ("gateway-jwt", jwt_auth)):
+            cfg = Path(work) / f"{name}.toml"
+            cfg.write_text(gateway_config(name, auth))
+            procs[name] = subprocess.Popen(pinned(PROXY_CPU, [str(gateway_bin), "run", "--config", str(cfg)]),
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                           start_new_session=True)
+        token = subprocess.run(
+            [str(gateway_bin), "token", "--key", str(FIXTURE_KEYS / "rsa-private.pem"), "--alg", "RS256",
+             "--kid", "rsa-1", "--sub", "alice", "--iss", "https://auth.bench.local", "--aud", "api",
+             "--claim", "email=alice@company.com", "--ttl", "86400"],
+            capture_output=True, text=True, check=True).stdout.strip()
+        jwt_headers = (f"Authorization: Bearer {token}",)
         wait_port(UPSTREAM_PORT)
         for port in PORTS.values():
             wait_port(port)
 
-        targets = [("direct", UPSTREAM_PORT, None), ("nginx", PORTS["nginx"], procs["nginx"].pid),
-                   ("haproxy", PORTS["haproxy"], procs["haproxy"].pid),
-                   ("gateway", PORTS["gateway"], procs["gateway"].pid)]
-        for _, port, _ in targets:  # warm pools and caches
-            run_wrk(port, 2, args.connections)
-        results = {name: [] for name, _, _ in targets}
+        targets = [("direct", UPSTREAM_PORT, None, ()), ("nginx", PORTS["nginx"], procs["nginx"].pid, ()),
+                   ("haproxy", PORTS["haproxy"], procs["haproxy"].pid, ()),
+                   ("gateway", PORTS["gateway"], procs["gateway"].pid, ()),
+                   ("gateway, JWT RS256 (cached)", PORTS["gateway-jwt"], procs["gateway-jwt"].pid, jwt_headers)]
+        for _, port, _, headers in targets:  # warm pools and caches
+            run_wrk(port, 2, args.connections, headers)
+        results = {name: [] for name, _, _, _ in targets}
         for round_no in range(1, args.rounds + 1):
-            for name, port, pid in targets:
+            for name, port, pid, headers in targets:
                 before = cpu_ticks(pid) if pid else 0
                 profiler = None
                 if args.perf and name == "gateway" and round_no == args.rounds:
                     profiler = subprocess.Popen(
                         ["perf", "record", "-F", "999", "-g", "-o", str(ROOT / "bench" / "perf.data"), "-p", str(pid)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                r = run_wrk(port, args.duration, args.connections)
+                r = run_wrk(port, args.duration, args.connections, headers)
                 if profiler:
                     profiler.send_signal(signal.SIGINT)
                     profiler.wait(timeout=30)
@@ -254,7 +278,7 @@ service = "users"
                     r["cpu_us"] = (cpu_ticks(pid) - before) / CLK_TCK * 1e6 / r["requests"]
                 results[name].append(r)
                 cpu = f"{r['cpu_us']:.1f} us/req" if pid else "-"
-                print(f"round {round_no} {name:8} {r['rps']:>10.0f} req/s  p50 {r['p50']:.3f} ms  "
+                print(f"round {round_no} {name:28} {r['rps']:>10.0f} req/s  p50 {r['p50']:.3f} ms  "
                       f"p99 {r['p99']:.3f} ms  cpu {cpu}", file=sys.stderr)
 
         nginx_rps = statistics.median(r["rps"] for r in results["nginx"])
@@ -262,7 +286,7 @@ service = "users"
               f"GET {PATH}, proxy pinned to CPU {PROXY_CPU}, wrk + upstream on CPU {LOAD_CPU}\n")
         print("| target | requests/s median (min-max) | p50 ms | p99 ms | proxy CPU us/request | vs nginx req/s |")
         print("|---|---|---|---|---|---|")
-        for name, _, pid in targets:
+        for name, _, pid, _ in targets:
             rs = results[name]
             rps = [r["rps"] for r in rs]
             med = statistics.median(rps)
