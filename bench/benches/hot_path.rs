@@ -65,17 +65,23 @@ fn jwt(c: &mut Criterion) {
     let read = |name: &str| std::fs::read(format!("{keys_dir}{name}")).expect("fixture key");
     let keys = KeySet::from_jwks(&String::from_utf8(read("jwks.json")).expect("utf-8")).expect("jwks");
     let now = SystemClock.now_unix();
-    let claims = serde_json::json!({"sub": "alice", "email": "alice@company.com", "iss": "i", "aud": "api", "exp": now + 3600});
+    let claims =
+        serde_json::json!({"sub": "alice", "email": "alice@company.com", "iss": "i", "aud": "api", "exp": now + 3600});
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some("rsa-1".to_owned());
-    let token = jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&read("rsa-private.pem")).expect("key"))
-        .expect("signs");
+    let token =
+        jsonwebtoken::encode(&header, &claims, &EncodingKey::from_rsa_pem(&read("rsa-private.pem")).expect("key"))
+            .expect("signs");
     let verifier = Verifier::new(keys, vec![Algorithm::RS256], Some("i".to_owned()), vec!["api".to_owned()], 30);
-    c.bench_function("jwt_rs256_verify_cache_miss", |b| b.iter(|| verifier.verify(black_box(&token), now).expect("valid")));
+    c.bench_function("jwt_rs256_verify_cache_miss", |b| {
+        b.iter(|| verifier.verify(black_box(&token), now).expect("valid"))
+    });
     let claim_headers = vec![("sub".to_owned(), http::HeaderName::from_static("x-user-id"))];
     let authenticator = Authenticator::new(verifier.clone(), claim_headers, None, 10_000, Arc::new(SystemClock));
     authenticator.authenticate(&token).expect("valid");
-    c.bench_function("jwt_authenticate_cache_hit", |b| b.iter(|| authenticator.authenticate(black_box(&token)).expect("valid")));
+    c.bench_function("jwt_authenticate_cache_hit", |b| {
+        b.iter(|| authenticator.authenticate(black_box(&token)).expect("valid"))
+    });
 }
 
 criterion_group!(benches, normalisation, routing, header_hygiene, jwt);
