@@ -32,6 +32,31 @@ enum Command {
     Check {
         /// The routes file.
         file: PathBuf,
+        /// Also preview what the edit from this (current) file does to users.
+        #[arg(long)]
+        against: Option<PathBuf>,
+    },
+    /// Which route a request matches, which side answers it, the caller's bucket, and why.
+    Explain {
+        /// The routes file.
+        #[arg(long, default_value = "routes.toml")]
+        config: PathBuf,
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+        /// A claim of the caller's verified token, NAME=VALUE (repeatable).
+        #[arg(long = "claim")]
+        claims: Vec<String>,
+        /// A request header, NAME=VALUE (repeatable).
+        #[arg(long = "header")]
+        headers: Vec<String>,
+        /// The client's address.
+        #[arg(long)]
+        ip: Option<std::net::IpAddr>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Start demo upstreams on loopback and the gateway in front of them.
     Demo {
@@ -71,7 +96,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Check { file } => return check(&file),
+        Command::Check { file, against } => return check(&file, against.as_deref()),
+        Command::Explain { config, method, path, claims, headers, ip, json } => {
+            return explain(&config, method, path, claims, headers, ip, json);
+        }
         Command::Run { config } => load_or_exit(&config).and_then(|s| serve(s, false)),
         Command::Demo { config } => load_or_exit(&config).and_then(|s| serve(s, true)),
         Command::Token { key, alg, kid, sub, iss, aud, ttl, claims } => {
@@ -98,20 +126,83 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(file: &Path) -> ExitCode {
-    match config::load(file, 1) {
-        Ok(snapshot) => {
-            println!(
-                "{}: ok ({} routes, {} upstreams, checksum {})",
-                file.display(),
-                snapshot.routes.len() - 1,
-                snapshot.upstreams.len(),
-                &snapshot.meta.checksum[..12]
-            );
+fn check(file: &Path, against: Option<&Path>) -> ExitCode {
+    let snapshot = match config::load(file, 1) {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!(
+        "{}: ok ({} routes, {} upstreams, checksum {})",
+        file.display(),
+        snapshot.routes.len() - 1,
+        snapshot.upstreams.len(),
+        &snapshot.meta.checksum[..12]
+    );
+    if let Some(old_path) = against {
+        let old = match config::load(old_path, 1) {
+            Ok(old) => old,
+            Err(e) => {
+                eprintln!("cannot compare against {}:\n{e}", old_path.display());
+                return ExitCode::FAILURE;
+            }
+        };
+        println!("changes from {}:", old_path.display());
+        for line in gateway::preview::preview(&old, &snapshot) {
+            println!("  {line}");
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn pairs(values: Vec<String>, what: &str) -> Result<Vec<(String, String)>, String> {
+    values
+        .into_iter()
+        .map(|v| {
+            v.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| format!("{what} {v:?} is not NAME=VALUE"))
+        })
+        .collect()
+}
+
+fn explain(
+    config: &Path,
+    method: String,
+    path: String,
+    claims: Vec<String>,
+    headers: Vec<String>,
+    ip: Option<std::net::IpAddr>,
+    json: bool,
+) -> ExitCode {
+    let snapshot = match config::load(config, 1) {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (claims, headers) = match (pairs(claims, "--claim"), pairs(headers, "--header")) {
+        (Ok(c), Ok(h)) => (c, h),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let request = gateway::explain::ExplainRequest { method, path, claims, headers, ip };
+    match gateway::explain::explain(&snapshot, &request) {
+        Ok(explanation) if json => {
+            println!("{}", serde_json::to_string_pretty(&explanation).expect("an explanation serialises"));
+            ExitCode::SUCCESS
+        }
+        Ok(explanation) => {
+            print!("{explanation}");
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("{e}");
+            eprintln!("gateway: {e}");
             ExitCode::FAILURE
         }
     }

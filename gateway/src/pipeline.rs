@@ -7,7 +7,7 @@
 //!                                         │                  │
 //!                               on_request plugins ─Respond──┤
 //!                                         │                  │
-//!                                  select target             │
+//!                        select target: breaker > segment > dial
 //!                                         │                  │
 //!                        forward (body limit ─413, 502, 504)─┤
 //!                                         │                  │
@@ -19,10 +19,12 @@
 //! Authentication, rollout, breakers and aggregation slot into the phases above as plugins
 //! and the target decision; the driver itself stays this one function.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use gateway_plugin_api::{Flow, Outcome, Rejection, RequestCtx, Target};
+use gateway_plugin_rollout::{Caller, ServiceHealth, client_ip};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -42,14 +44,24 @@ pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
 /// Status logged and counted when the client goes away before the response (nginx's 499).
 const CLIENT_CLOSED_REQUEST: u16 = 499;
 
+/// The client connection's peer, formatted once per connection.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// The peer address.
+    pub ip: IpAddr,
+    /// The same, as a header value for `x-forwarded-for`.
+    pub header: HeaderValue,
+}
+
+impl Peer {
+    /// A peer at `ip`.
+    pub fn new(ip: IpAddr) -> Self {
+        Peer { ip, header: HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value") }
+    }
+}
+
 /// Runs one request through every phase and returns the response to send.
-///
-/// `client_ip` is the peer address, formatted once per connection.
-pub async fn handle(
-    snapshot: Arc<Snapshot>,
-    request: Request<Incoming>,
-    client_ip: &HeaderValue,
-) -> Response<ResponseBody> {
+pub async fn handle(snapshot: Arc<Snapshot>, request: Request<Incoming>, peer: &Peer) -> Response<ResponseBody> {
     let request_id = headers::request_id(request.headers());
     let mut in_flight = InFlight {
         method: request.method().clone(),
@@ -59,7 +71,7 @@ pub async fn handle(
         completed: false,
         snapshot,
     };
-    let mut response = match run(&in_flight.snapshot, &mut in_flight.ctx, request, client_ip).await {
+    let mut response = match run(&in_flight.snapshot, &mut in_flight.ctx, request, peer).await {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             headers::strip_hop_by_hop(&mut parts.headers);
@@ -89,7 +101,7 @@ async fn run(
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
     request: Request<Incoming>,
-    client_ip: &HeaderValue,
+    peer: &Peer,
 ) -> Result<Response<PooledBody>, Rejection> {
     let (mut parts, body) = request.into_parts();
 
@@ -118,9 +130,12 @@ async fn run(
         }
     }
 
-    // Phase: select target.
-    let (target, upstream) = route.select_target();
-    ctx.target = Some(target);
+    // Phase: select target (breaker > segment > dial, in gateway_plugin_rollout::decide).
+    let client_ip = client_ip(peer.ip, &parts.headers, &snapshot.server.trusted_proxies);
+    let caller = Caller { identity: ctx.identity.as_deref(), headers: &parts.headers, client_ip: Some(client_ip) };
+    let decision = route.decide(&caller, ServiceHealth::Available);
+    let upstream = decision.upstream;
+    ctx.target = Some(decision.target);
     ctx.upstream = Some(upstream.name.clone());
 
     // Phase: forward.
@@ -129,7 +144,7 @@ async fn run(
         return Err(error::body_too_large(limit));
     }
     headers::strip_hop_by_hop(&mut parts.headers);
-    headers::set_forwarding(&mut parts.headers, client_ip);
+    headers::set_forwarding(&mut parts.headers, &peer.header);
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/2 clients send :authority instead of Host; HTTP/1.1 upstreams need a Host.
         let host = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());

@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use http::HeaderValue;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -183,12 +182,12 @@ async fn serve_proxy(
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
-                let client_ip = HeaderValue::from_str(&peer.ip().to_string()).expect("an IP address is a valid header value");
+                let client = Arc::new(pipeline::Peer::new(peer.ip()));
                 let gateway = gateway.clone();
                 let service = service_fn(move |request| {
                     let snapshot = gateway.snapshot();
-                    let client_ip = client_ip.clone();
-                    async move { Ok::<_, Infallible>(pipeline::handle(snapshot, request, &client_ip).await) }
+                    let client = client.clone();
+                    async move { Ok::<_, Infallible>(pipeline::handle(snapshot, request, &client).await) }
                 });
                 let io = TokioIo::new(IdleTimeoutStream::new(stream, settings.idle_timeout));
                 let connection = graceful.watch(builder.serve_connection(io, service).into_owned());

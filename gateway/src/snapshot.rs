@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use gateway_plugin_api::{Plugin, RouteId, Target};
+use gateway_plugin_rollout::{Caller, Reason, RoutePolicy, ServiceHealth};
 
 use crate::router::Router;
 use crate::upstream::Upstream;
@@ -50,6 +51,8 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// Whether to write access-log lines.
     pub access_log: bool,
+    /// Proxies whose `x-forwarded-for` is believed when finding the client address.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// A route, compiled. The default route (unmatched traffic) is the last in the table.
@@ -65,14 +68,32 @@ pub struct Route {
     pub service: Option<Arc<Upstream>>,
     /// The monolith side.
     pub monolith: Arc<Upstream>,
+    /// The canary dial; `None` for the default route, which always goes to the monolith.
+    pub policy: Option<RoutePolicy>,
+}
+
+/// The side a request goes to, why, and the upstream that serves it.
+#[derive(Debug)]
+pub struct RouteDecision<'a> {
+    /// Monolith or service.
+    pub target: Target,
+    /// Why; `None` for unmatched traffic (the default route has one side).
+    pub reason: Option<Reason>,
+    /// The upstream of that side.
+    pub upstream: &'a Arc<Upstream>,
 }
 
 impl Route {
-    /// The side that answers this route, and its upstream.
-    pub fn select_target(&self) -> (Target, &Arc<Upstream>) {
-        match &self.service {
-            Some(service) => (Target::Service, service),
-            None => (Target::Monolith, &self.monolith),
+    /// Picks the side for `caller`. The data plane and `gateway explain` both call this,
+    /// and it calls the one rollout function, [`gateway_plugin_rollout::decide`].
+    pub fn decide(&self, caller: &Caller<'_>, health: ServiceHealth) -> RouteDecision<'_> {
+        match (&self.policy, &self.service) {
+            (Some(policy), Some(service)) => {
+                let decision = gateway_plugin_rollout::decide(policy, caller, health);
+                let upstream = if decision.target == Target::Service { service } else { &self.monolith };
+                RouteDecision { target: decision.target, reason: Some(decision.reason), upstream }
+            }
+            _ => RouteDecision { target: Target::Monolith, reason: None, upstream: &self.monolith },
         }
     }
 }

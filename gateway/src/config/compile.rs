@@ -10,19 +10,24 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use gateway_plugin_api::Target;
 use gateway_plugin_api::{DEFAULT_ROUTE_LABEL, Plugin, RouteId};
 use gateway_plugin_auth::{AuthMode, AuthPlugin, Authenticator, KeySet, SystemClock, Verifier};
 use gateway_plugin_metrics::{RequestMetrics, RouteLabels};
+use gateway_plugin_rollout::{BasisPoints, ClaimTest, RoutePolicy, Segment, SegmentMatch, Sticky};
 use http::HeaderName;
 use http::Uri;
 use http::uri::Authority;
+use ipnet::IpNet;
 use jsonwebtoken::Algorithm;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
 use super::defaults::*;
 use super::error::{ConfigError, Diagnostic, SourceMap};
-use super::file::{FileAudience, FileAuth, FileAuthMode, FileConfig, FileRoute, FileServer, FileUpstream};
+use super::file::{
+    FileAudience, FileAuth, FileAuthMode, FileConfig, FileRoute, FileSegment, FileServer, FileSide, FileUpstream,
+};
 use crate::normalize::normalize_path;
 use crate::router::Router;
 use crate::snapshot::{ConfigMeta, PhasePlugins, Route, ServerSettings, Snapshot};
@@ -87,6 +92,7 @@ struct CheckedRoute {
     service: String,
     monolith: String,
     auth: AuthMode,
+    policy: RoutePolicy,
 }
 
 struct Checker<'a> {
@@ -129,6 +135,7 @@ impl Checker<'_> {
         let has_auth = file.auth.is_some();
         let default_auth = self.auth_mode(&file.server.default_auth, has_auth, AuthMode::Off);
 
+        let segments = self.check_segments(&file.segments);
         let mut route_names = HashSet::new();
         let mut prefixes = HashSet::new();
         let mut routes = Vec::new();
@@ -139,7 +146,13 @@ impl Checker<'_> {
             }
             let default_mode = if has_auth { AuthMode::Required } else { AuthMode::Off };
             let mode = self.auth_mode(&route.auth, has_auth, default_mode);
-            routes.push(self.check_route(route, mode, &mut route_names, &mut prefixes));
+            let policy = self.check_policy(route, mode, &segments);
+            routes.push(self.check_route(route, mode, &mut route_names, &mut prefixes).zip(policy).map(
+                |(mut checked, policy)| {
+                    checked.policy = policy;
+                    checked
+                },
+            ));
         }
         Some(Checked {
             server: server?,
@@ -347,7 +360,17 @@ impl Checker<'_> {
                 );
             }
         }
+        let mut trusted_proxies = Vec::new();
+        for entry in server.trusted_proxies.iter().flatten() {
+            let text = entry.get_ref();
+            let parsed = text.parse::<IpNet>().or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => trusted_proxies.push(net),
+                Err(_) => self.error(span(entry), format!("\"{text}\" is not an IP address or CIDR (10.0.0.0/8)")),
+            }
+        }
         Some(ServerSettings {
+            trusted_proxies,
             listen: listen?,
             admin_listen: admin_listen?,
             workers: workers as usize,
@@ -419,6 +442,156 @@ impl Checker<'_> {
         uri.authority().cloned()
     }
 
+    fn check_segments(&mut self, segments: &BTreeMap<Spanned<String>, FileSegment>) -> BTreeMap<String, Arc<Segment>> {
+        let mut checked = BTreeMap::new();
+        for (name, segment) in segments {
+            if !is_identifier(name.get_ref()) {
+                self.error(span(name), "segment names use only a-z, 0-9, '-' and '_'");
+                continue;
+            }
+            let tests: Vec<(&str, Range<usize>)> = [
+                segment.equals.as_ref().map(|v| ("equals", span(v))),
+                segment.ends_with.as_ref().map(|v| ("ends_with", span(v))),
+                segment.contains.as_ref().map(|v| ("contains", span(v))),
+                segment.one_of.as_ref().map(|v| ("one_of", span(v))),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
+            let matcher = match (&segment.claim, &segment.header) {
+                (Some(claim), None) => {
+                    if tests.len() != 1 {
+                        let at = tests.get(1).map_or_else(|| span(claim), |(_, at)| at.clone());
+                        self.error(at, "a claim segment needs exactly one of equals, ends_with, contains, one_of");
+                        continue;
+                    }
+                    let text = |v: &Option<Spanned<String>>| v.as_ref().map(|v| v.get_ref().clone());
+                    let test = if let Some(v) = text(&segment.equals) {
+                        ClaimTest::Equals(v)
+                    } else if let Some(v) = text(&segment.ends_with) {
+                        ClaimTest::EndsWith(v)
+                    } else if let Some(v) = text(&segment.contains) {
+                        ClaimTest::Contains(v)
+                    } else {
+                        ClaimTest::OneOf(segment.one_of.as_ref().map(|v| v.get_ref().clone()).unwrap_or_default())
+                    };
+                    SegmentMatch::Claim { claim: claim.get_ref().clone(), test }
+                }
+                (None, Some(header)) => {
+                    let Ok(name) = HeaderName::from_bytes(header.get_ref().as_bytes()) else {
+                        self.error(span(header), format!("\"{}\" is not a valid header name", header.get_ref()));
+                        continue;
+                    };
+                    match (&segment.equals, tests.len()) {
+                        (Some(equals), 1) => SegmentMatch::Header { header: name, equals: equals.get_ref().clone() },
+                        _ => {
+                            self.error(span(header), "a header segment takes exactly one test: equals");
+                            continue;
+                        }
+                    }
+                }
+                (Some(_), Some(header)) => {
+                    self.error(span(header), "a segment tests either a claim or a header, not both");
+                    continue;
+                }
+                (None, None) => {
+                    self.error(span(name), "a segment needs claim = \"NAME\" or header = \"NAME\"");
+                    continue;
+                }
+            };
+            checked.insert(
+                name.get_ref().clone(),
+                Arc::new(Segment { name: Arc::from(name.get_ref().as_str()), matcher }),
+            );
+        }
+        checked
+    }
+
+    /// The route's rollout: dial, sticky key, segments and the side for keyless callers.
+    fn check_policy(
+        &mut self,
+        route: &FileRoute,
+        auth: AuthMode,
+        segments: &BTreeMap<String, Arc<Segment>>,
+    ) -> Option<RoutePolicy> {
+        let mut ok = true;
+        let percent = match &route.rollout_percent {
+            None => BasisPoints::ALL,
+            Some(value) => match BasisPoints::from_percent(*value.get_ref()) {
+                Some(percent) => percent,
+                None => {
+                    self.error(span(value), format!("must be 0 to 100 in steps of 0.01, got {}", value.get_ref()));
+                    ok = false;
+                    BasisPoints::ALL
+                }
+            },
+        };
+        let claims_available = auth != AuthMode::Off;
+        let sticky = match &route.sticky {
+            Some(text) => match text.get_ref().parse::<Sticky>() {
+                Ok(Sticky::Claim(_)) if !claims_available => {
+                    self.error(
+                        span(text),
+                        "claims exist only on routes that check tokens; this route has auth = \"off\"",
+                    );
+                    ok = false;
+                    None
+                }
+                Ok(sticky) => Some(sticky),
+                Err(e) => {
+                    self.error(span(text), e.to_string());
+                    ok = false;
+                    None
+                }
+            },
+            None if claims_available => Some(Sticky::Claim("sub".to_owned())),
+            None => None,
+        };
+        let partial = percent != BasisPoints::ZERO && percent != BasisPoints::ALL;
+        if partial && sticky.is_none() && ok {
+            let at = route.rollout_percent.as_ref().map_or_else(|| span(&route.name), span);
+            self.error(
+                at,
+                "a partial rollout needs a sticky key: set sticky = \"header:NAME\", \"cookie:NAME\" or \"ip\"",
+            );
+            ok = false;
+        }
+        let mut route_segments = Vec::new();
+        for name in route.segments.iter().flatten() {
+            match segments.get(name.get_ref()) {
+                Some(segment) if matches!(segment.matcher, SegmentMatch::Claim { .. }) && !claims_available => {
+                    self.error(
+                        span(name),
+                        format!("segment {} tests a claim, and this route has auth = \"off\"", name.get_ref()),
+                    );
+                    ok = false;
+                }
+                Some(segment) => route_segments.push(segment.clone()),
+                None => {
+                    let known: Vec<&str> = segments.keys().map(String::as_str).collect();
+                    let known = if known.is_empty() {
+                        "none are defined".to_owned()
+                    } else {
+                        format!("defined: {}", known.join(", "))
+                    };
+                    self.error(span(name), format!("unknown segment \"{}\" ({known})", name.get_ref()));
+                    ok = false;
+                }
+            }
+        }
+        let anonymous = match route.anonymous.as_ref().map(|a| *a.get_ref()) {
+            Some(FileSide::Service) => Target::Service,
+            Some(FileSide::Monolith) | None => Target::Monolith,
+        };
+        ok.then(|| RoutePolicy {
+            route: Arc::from(route.name.get_ref().as_str()),
+            percent,
+            sticky,
+            segments: route_segments,
+            anonymous,
+        })
+    }
+
     fn check_route(
         &mut self,
         route: &FileRoute,
@@ -456,6 +629,13 @@ impl Checker<'_> {
             service: route.service.get_ref().clone(),
             monolith: route.monolith.as_ref().map(|m| m.get_ref().clone()).unwrap_or_default(),
             auth,
+            policy: RoutePolicy {
+                route: Arc::from(name.as_str()),
+                percent: BasisPoints::ALL,
+                sticky: None,
+                segments: Vec::new(),
+                anonymous: Target::Monolith,
+            },
         })
     }
 }
@@ -502,6 +682,7 @@ fn build(checked: Checked, meta: ConfigMeta) -> Snapshot {
             prefix: Some(r.prefix),
             service: Some(upstream(&r.service)),
             monolith: if r.monolith.is_empty() { default_monolith.clone() } else { upstream(&r.monolith) },
+            policy: Some(r.policy),
         })
         .collect();
     let default_id = RouteId(routes.len());
@@ -511,6 +692,7 @@ fn build(checked: Checked, meta: ConfigMeta) -> Snapshot {
         prefix: None,
         service: None,
         monolith: default_monolith,
+        policy: None,
     });
     let router = Router::new(
         routes.iter().filter_map(|r| r.prefix.as_ref().map(|p| (p.to_ascii_lowercase(), r.id))),
@@ -522,6 +704,7 @@ fn build(checked: Checked, meta: ConfigMeta) -> Snapshot {
             route: r.name.to_string(),
             monolith_upstream: r.monolith.name.to_string(),
             service_upstream: r.service.as_ref().map(|s| s.name.to_string()),
+            rollout_percent: r.policy.as_ref().map(|p| p.percent.percent()),
         })
         .collect();
     // Handles registered before a recorder exists would count into nothing.
@@ -739,6 +922,82 @@ timeout_ms = 2000
                 "expected {expected:?} in {got:#?}\n--- config ---\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn bad_rollout_snippets_name_line_column_and_key() {
+        let route = |extra: &str| {
+            format!("{BASE}\n[[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\n{extra}\n")
+        };
+        let segments = "\n[segments.beta]\nheader = \"x-beta\"\nequals = \"1\"\n[segments.staff]\nclaim = \"email\"\nends_with = \"@company.com\"\n";
+        let cases: Vec<(String, &str)> = vec![
+            (
+                route("rollout_percent = 33.333\nsticky = \"ip\""),
+                "17:19: routes[0].rollout_percent: must be 0 to 100 in steps of 0.01, got 33.333",
+            ),
+            (
+                route("rollout_percent = 101\nsticky = \"ip\""),
+                "routes[0].rollout_percent: must be 0 to 100 in steps of 0.01, got 101",
+            ),
+            (route("rollout_percent = 25"), "17:19: routes[0].rollout_percent: a partial rollout needs a sticky key"),
+            (
+                route("rollout_percent = 25\nsticky = \"query:uid\""),
+                "18:10: routes[0].sticky: \"query:uid\" is not claim:NAME",
+            ),
+            (
+                route("rollout_percent = 25\nsticky = \"claim:sub\""),
+                "routes[0].sticky: claims exist only on routes that check tokens",
+            ),
+            (
+                route("segments = [\"gamma\"]") + segments,
+                "17:13: routes[0].segments[0]: unknown segment \"gamma\" (defined: beta, staff)",
+            ),
+            (
+                route("segments = [\"staff\"]") + segments,
+                "routes[0].segments[0]: segment staff tests a claim, and this route has auth = \"off\"",
+            ),
+            (
+                format!("{BASE}\n[segments.both]\nclaim = \"a\"\nheader = \"b\"\nequals = \"c\"\n"),
+                "segments.both.header: a segment tests either a claim or a header",
+            ),
+            (
+                format!("{BASE}\n[segments.hdr]\nheader = \"b\"\nends_with = \"c\"\n"),
+                "segments.hdr.header: a header segment takes exactly one test: equals",
+            ),
+            (
+                format!("{BASE}\n[segments.two]\nclaim = \"a\"\nequals = \"b\"\ncontains = \"c\"\n"),
+                "segments.two.contains: a claim segment needs exactly one of",
+            ),
+            (
+                BASE.replace(
+                    "default_upstream = \"monolith\"",
+                    "default_upstream = \"monolith\"\ntrusted_proxies = [\"10.0.0.0/8\", \"lb\"]",
+                ),
+                "5:34: server.trusted_proxies[1]: \"lb\" is not an IP address or CIDR",
+            ),
+        ];
+        for (text, expected) in cases {
+            let got = errors(&text);
+            assert!(
+                got.iter().any(|e| e.contains(expected)),
+                "expected {expected:?} in {got:#?}\n--- config ---\n{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn route_policies_compile_with_defaults() {
+        let text = format!(
+            "{BASE}\n[[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\nrollout_percent = 12.5\nsticky = \"header:x-user\"\n\n[[routes]]\nname = \"all\"\nprefix = \"/all\"\nservice = \"users\"\n"
+        );
+        let snapshot = compile(Path::new("routes.toml"), &text, 1).unwrap_or_else(|e| panic!("{e}"));
+        let policy = snapshot.routes[0].policy.as_ref().expect("a routed route has a policy");
+        assert_eq!(policy.percent.buckets(), 1250);
+        assert_eq!(policy.sticky.as_ref().map(ToString::to_string).as_deref(), Some("header:x-user"));
+        let full = snapshot.routes[1].policy.as_ref().expect("policy");
+        assert_eq!(full.percent, gateway_plugin_rollout::BasisPoints::ALL, "no rollout_percent means 100%");
+        assert!(full.sticky.is_none());
+        assert!(snapshot.routes[2].policy.is_none(), "the default route has no dial");
     }
 
     #[test]

@@ -24,6 +24,37 @@ pub struct FileConfig {
     /// `[[routes]]`: path prefixes that an extracted service answers.
     #[serde(default)]
     pub routes: Vec<FileRoute>,
+    /// `[segments.<name>]`: groups of callers that always get the service.
+    #[serde(default)]
+    pub segments: BTreeMap<Spanned<String>, FileSegment>,
+}
+
+/// `[segments.<name>]`: a claim test, or a header that equals a value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSegment {
+    /// A claim of the verified token.
+    pub claim: Option<Spanned<String>>,
+    /// A request header (the caller controls it: for opt-in canaries).
+    pub header: Option<Spanned<String>>,
+    /// The value equals this.
+    pub equals: Option<Spanned<String>>,
+    /// The claim ends with this.
+    pub ends_with: Option<Spanned<String>>,
+    /// The claim contains this.
+    pub contains: Option<Spanned<String>>,
+    /// The claim is one of these.
+    pub one_of: Option<Spanned<Vec<String>>>,
+}
+
+/// `anonymous = "monolith" | "service"`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileSide {
+    /// The monolith.
+    Monolith,
+    /// The extracted service.
+    Service,
 }
 
 /// `[server]`.
@@ -54,6 +85,8 @@ pub struct FileServer {
     pub access_log: Option<bool>,
     /// What unmatched traffic (to `default_upstream`) asks of the caller; default off.
     pub default_auth: Option<Spanned<FileAuthMode>>,
+    /// Proxies (IPs or CIDRs) whose `x-forwarded-for` is believed for `sticky = "ip"`.
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
 }
 
 /// `auth = "required" | "optional" | "off"`.
@@ -135,4 +168,13 @@ pub struct FileRoute {
     pub monolith: Option<Spanned<String>>,
     /// What the route asks of the caller; default `required` when `[auth]` exists.
     pub auth: Option<Spanned<FileAuthMode>>,
+    /// Share of keyed callers sent to the service, 0 to 100 in steps of 0.01; default 100.
+    pub rollout_percent: Option<Spanned<f64>>,
+    /// `claim:NAME | header:NAME | cookie:NAME | ip`; default `claim:sub` on routes that
+    /// check tokens.
+    pub sticky: Option<Spanned<String>>,
+    /// Segments that always get the service.
+    pub segments: Option<Vec<Spanned<String>>>,
+    /// Side for callers without a sticky key while the dial is partial; default monolith.
+    pub anonymous: Option<Spanned<FileSide>>,
 }

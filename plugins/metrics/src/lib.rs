@@ -11,7 +11,7 @@
 pub mod names;
 
 use gateway_plugin_api::{Outcome, Phases, Plugin, RequestCtx, RouteId, Target};
-use metrics::{Counter, Histogram, counter, histogram};
+use metrics::{Counter, Histogram, counter, gauge, histogram};
 
 /// Status classes in label order; index = status / 100 - 1.
 const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
@@ -28,6 +28,8 @@ pub struct RouteLabels {
     pub monolith_upstream: String,
     /// Upstream that serves the route's service side, if the route has one.
     pub service_upstream: Option<String>,
+    /// The dial, in percent, for routes with a service side.
+    pub rollout_percent: Option<f64>,
 }
 
 /// Handles for one (route, target) pair.
@@ -74,6 +76,9 @@ fn register_route(labels: &RouteLabels) -> RouteHandles {
     slots[Target::Service.index()] =
         labels.service_upstream.as_ref().map(|service| register(Target::Service.as_str(), service.clone()));
     slots[NONE_SLOT] = Some(register(names::TARGET_NONE, names::UPSTREAM_NONE.to_owned()));
+    if let Some(percent) = labels.rollout_percent {
+        gauge!(names::ROLLOUT_PERCENT, "route" => labels.route.clone()).set(percent);
+    }
     RouteHandles { route: labels.route.clone(), slots }
 }
 
@@ -141,11 +146,13 @@ mod tests {
                     route: "users".into(),
                     monolith_upstream: "monolith".into(),
                     service_upstream: Some("users".into()),
+                    rollout_percent: Some(25.5),
                 },
                 RouteLabels {
                     route: DEFAULT_ROUTE_LABEL.into(),
                     monolith_upstream: "monolith".into(),
                     service_upstream: None,
+                    rollout_percent: None,
                 },
             ]);
             let mut ctx = RequestCtx::new(HeaderValue::from_static("r1"));

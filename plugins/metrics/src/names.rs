@@ -9,6 +9,8 @@ pub const REQUEST_DURATION_SECONDS: &str = "gateway_request_duration_seconds";
 /// Counter: requests refused by authentication, by `route` and `reason` (`missing`,
 /// `expired`, `bad-signature`, ...).
 pub const AUTH_FAILURES_TOTAL: &str = "gateway_auth_failures_total";
+/// Gauge: a route's configured dial, in percent (0 to 100).
+pub const ROLLOUT_PERCENT: &str = "gateway_rollout_percent";
 /// Counter: config reload attempts, by `result` (ok|error).
 pub const CONFIG_RELOADS_TOTAL: &str = "gateway_config_reloads_total";
 /// Gauge: version of the config snapshot being served (1 for the first load).

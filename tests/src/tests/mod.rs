@@ -5,4 +5,5 @@ mod hygiene;
 mod lifecycle;
 mod limits;
 mod pool;
+mod rollout;
 mod routing;
