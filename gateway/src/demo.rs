@@ -177,6 +177,10 @@ pub fn token_lines(snapshot: &Snapshot, listen: SocketAddr) -> Vec<String> {
             ),
             format!("  curl -si http://{listen}{protected}/42   # no token -> 401 jwt-missing"),
             format!("Mint others with: {mint_command}"),
+            format!(
+                "Which side would bob get, and why? gateway explain --config {} GET {protected}/42 --claim sub=bob",
+                snapshot.meta.source.display()
+            ),
         ],
         Err(e) => vec![format!(
             "\n{protected} requires a token; the demo key is unavailable ({e}). Mint one with: {mint_command}"

@@ -37,4 +37,10 @@ fn the_bundled_routes_toml_compiles_to_the_documented_routes() {
     let verifier = snapshot.auth.as_ref().expect("the bundled config checks tokens").verifier();
     assert_eq!(verifier.issuer(), Some("https://auth.demo.local"));
     assert_eq!(verifier.audiences(), ["api"]);
+    let users = snapshot.routes[0].policy.as_ref().expect("users has a dial");
+    assert_eq!(users.percent.to_string(), "25.00%");
+    assert_eq!(users.sticky.as_ref().map(ToString::to_string).as_deref(), Some("claim:sub"));
+    let segments: Vec<&str> = users.segments.iter().map(|s| &*s.name).collect();
+    assert_eq!(segments, ["employees", "canary"]);
+    assert_eq!(snapshot.routes[1].policy.as_ref().expect("orders has a dial").percent.to_string(), "100.00%");
 }
