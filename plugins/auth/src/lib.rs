@@ -124,13 +124,13 @@ impl Authenticator {
 
     fn verify(&self, token: &str, now: u64) -> Result<Arc<Verified>, AuthFailure> {
         let identity = self.verifier.verify(token, now)?;
-        // Only text claims become headers; a value that is not a valid header value
-        // (control characters) is left out rather than refused.
+        // Only text claims become headers. Non-ASCII text goes as its UTF-8 bytes (HTTP's
+        // obs-text); a value with control characters is left out rather than refused.
         let headers = self
             .claims_to_headers
             .iter()
             .filter_map(|(claim, header)| {
-                let value = HeaderValue::from_str(identity.claim(claim)?).ok()?;
+                let value = HeaderValue::from_bytes(identity.claim(claim)?.as_bytes()).ok()?;
                 Some((header.clone(), value))
             })
             .collect();

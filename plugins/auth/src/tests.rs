@@ -312,6 +312,13 @@ fn claim_headers_are_built_once_from_text_claims() {
     let verified = auth.authenticate(&sign(Algorithm::ES256, "ec-1", &claims)).expect("valid");
     let names: Vec<&str> = verified.headers.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(names, ["x-user-id", "x-n"], "arrays are not forwarded as headers");
+
+    claims["sub"] = json!("日本語");
+    let verified = auth.authenticate(&sign(Algorithm::ES256, "ec-1", &claims)).expect("valid");
+    assert_eq!(verified.headers[0].1.as_bytes(), "日本語".as_bytes(), "non-ASCII goes as UTF-8 bytes");
+    claims["sub"] = json!("evil\r\nx-admin: 1");
+    let verified = auth.authenticate(&sign(Algorithm::ES256, "ec-1", &claims)).expect("valid");
+    assert!(verified.headers.iter().all(|(n, _)| n != "x-user-id"), "a value with CR/LF is left out");
 }
 
 // === token extraction and the plugin ===
