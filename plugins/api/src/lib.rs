@@ -174,6 +174,18 @@ impl RequestCtx {
     }
 }
 
+/// The value of cookie `name` in the request's `Cookie` headers, if present.
+pub fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim())
+}
+
 /// How a request ended, as seen by `on_complete`.
 #[derive(Clone, Copy, Debug)]
 pub struct Outcome {
@@ -237,6 +249,16 @@ mod tests {
         assert_eq!(identity.subject(), Some("alice"));
         assert_eq!(identity.claim("groups"), None, "a list is not text");
         assert_eq!(identity.claim("missing"), None);
+    }
+
+    #[test]
+    fn cookies_are_found_by_exact_name() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(http::header::COOKIE, HeaderValue::from_static("theme=dark; session=abc"));
+        headers.append(http::header::COOKIE, HeaderValue::from_static("uid=7"));
+        assert_eq!(cookie(&headers, "session"), Some("abc"));
+        assert_eq!(cookie(&headers, "uid"), Some("7"));
+        assert_eq!(cookie(&headers, "sess"), None);
     }
 
     #[test]

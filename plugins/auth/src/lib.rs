@@ -20,7 +20,7 @@ mod verify;
 use std::sync::Arc;
 
 use gateway_plugin_api::{Flow, Identity, Phases, Plugin, Rejection, RequestCtx};
-use http::header::{AUTHORIZATION, COOKIE, HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE};
+use http::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue, WWW_AUTHENTICATE};
 use http::{StatusCode, request::Parts};
 
 pub use cache::TokenCache;
@@ -152,7 +152,7 @@ impl Authenticator {
         if found.is_none()
             && let Some(name) = &self.cookie
         {
-            found = cookie_value(headers, name);
+            found = gateway_plugin_api::cookie(headers, name);
         }
         Ok(found)
     }
@@ -169,17 +169,6 @@ fn strip_bearer(value: &str) -> Option<&str> {
         return None;
     }
     Some(rest.trim())
-}
-
-fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.trim())
 }
 
 /// The authentication phase.

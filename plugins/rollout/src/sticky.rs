@@ -4,7 +4,7 @@ use std::borrow::Cow;
 use std::net::IpAddr;
 use std::str::FromStr;
 
-use http::header::{COOKIE, HeaderMap, HeaderName};
+use http::header::{HeaderMap, HeaderName};
 use ipnet::IpNet;
 
 use crate::Caller;
@@ -60,22 +60,11 @@ impl Sticky {
         let key = match self {
             Sticky::Claim(name) => caller.identity?.claim(name).map(Cow::Borrowed),
             Sticky::Header(name) => caller.headers.get(name).and_then(|v| v.to_str().ok()).map(Cow::Borrowed),
-            Sticky::Cookie(name) => cookie(caller.headers, name).map(Cow::Borrowed),
+            Sticky::Cookie(name) => gateway_plugin_api::cookie(caller.headers, name).map(Cow::Borrowed),
             Sticky::Ip => caller.client_ip.map(|ip| Cow::Owned(ip.to_string())),
         };
         key.filter(|k| !k.is_empty())
     }
-}
-
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(key, _)| *key == name)
-        .map(|(_, value)| value.trim())
 }
 
 /// The client behind `peer`: the peer itself, unless it is a trusted proxy. Then the
