@@ -23,6 +23,7 @@ pub mod idle;
 pub mod normalize;
 pub mod pipeline;
 pub mod preview;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod snapshot;

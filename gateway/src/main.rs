@@ -258,7 +258,7 @@ fn serve(snapshot: Snapshot, demo: bool) -> anyhow::Result<()> {
             }
             println!("\nCtrl-C stops the demo.");
         }
-        wait_for_stop_signal().await?;
+        wait_for_stop_signal(&running).await?;
         tracing::info!("stop signal received");
         running.shutdown();
         running.wait().await;
@@ -267,14 +267,20 @@ fn serve(snapshot: Snapshot, demo: bool) -> anyhow::Result<()> {
     })
 }
 
-/// SIGTERM (orchestrators) or SIGINT (Ctrl-C).
-async fn wait_for_stop_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM (orchestrators) or SIGINT (Ctrl-C); SIGHUP meanwhile re-reads the config.
+async fn wait_for_stop_signal(running: &gateway::server::RunningGateway) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: re-reading the config");
+                running.trigger_reload();
+            }
+        }
     }
-    Ok(())
 }

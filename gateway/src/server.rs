@@ -11,17 +11,20 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use gateway_plugin_metrics::names;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use metrics::gauge;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::idle::IdleTimeoutStream;
 use crate::pipeline;
+use crate::reload::{ReloadState, Trigger};
 use crate::snapshot::{ServerSettings, Snapshot};
 
 /// Pause after a failed accept (for example EMFILE), so the loop does not spin.
@@ -31,25 +34,42 @@ const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// How often histogram samples are folded in, so memory stays flat between scrapes.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
 
-/// State shared by the data plane and the admin listener.
+/// State shared by the data plane, the reloader and the admin listener.
 pub struct Gateway {
     config: ArcSwap<Snapshot>,
     ready: AtomicBool,
     metrics: PrometheusHandle,
+    reload: ReloadState,
 }
 
 impl Gateway {
     fn new(snapshot: Snapshot) -> Self {
+        let metrics = crate::telemetry::metrics_handle();
+        gauge!(names::CONFIG_VERSION).set(snapshot.meta.version as f64);
         Gateway {
             config: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
-            metrics: crate::telemetry::metrics_handle(),
+            metrics,
+            reload: ReloadState::default(),
         }
     }
 
     /// The config snapshot new requests start with.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.config.load_full()
+    }
+
+    /// Serves `next` from now on: one atomic swap; requests in flight keep the snapshot
+    /// they started with.
+    pub(crate) fn install(&self, next: Snapshot) {
+        let version = next.meta.version;
+        self.config.store(Arc::new(next));
+        gauge!(names::CONFIG_VERSION).set(version as f64);
+    }
+
+    /// Reload errors and the history of applied changes.
+    pub fn reload_state(&self) -> &ReloadState {
+        &self.reload
     }
 
     /// True once the config is loaded and both listeners are bound.
@@ -88,9 +108,18 @@ pub struct RunningGateway {
     pub gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    reload_triggers: mpsc::Sender<Trigger>,
+    /// Watches the config directory while the gateway runs.
+    _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl RunningGateway {
+    /// Asks for a reload, as SIGHUP does: the file is re-read after the debounce period.
+    pub fn trigger_reload(&self) {
+        // Full means a reload is already pending, which reads the latest file anyway.
+        let _ = self.reload_triggers.try_send(Trigger::Signal);
+    }
+
     /// Stops accepting connections and starts draining in-flight requests.
     pub fn shutdown(&self) {
         self.shutdown.send_replace(true);
@@ -128,13 +157,14 @@ pub async fn start(snapshot: Snapshot) -> Result<RunningGateway, StartError> {
 
     let gateway = Arc::new(Gateway::new(snapshot));
     let (shutdown, shutdown_rx) = watch::channel(false);
+    let (reload_triggers, watcher) = crate::reload::start(gateway.clone(), shutdown_rx.clone());
     let tasks = vec![
-        tokio::spawn(serve_proxy(listener, gateway.clone(), settings, shutdown_rx.clone())),
+        tokio::spawn(serve_proxy(listener, gateway.clone(), shutdown_rx.clone())),
         tokio::spawn(crate::admin::serve(admin_listener, gateway.clone(), shutdown_rx.clone())),
         tokio::spawn(metrics_upkeep(gateway.metrics.clone(), shutdown_rx)),
     ];
     gateway.ready.store(true, Ordering::Release);
-    Ok(RunningGateway { listen_addr, admin_addr, gateway, shutdown, tasks })
+    Ok(RunningGateway { listen_addr, admin_addr, gateway, shutdown, tasks, reload_triggers, _watcher: watcher })
 }
 
 fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
@@ -160,13 +190,7 @@ fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
     builder
 }
 
-async fn serve_proxy(
-    listener: TcpListener,
-    gateway: Arc<Gateway>,
-    settings: ServerSettings,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let builder = connection_builder(&settings);
+async fn serve_proxy(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -182,6 +206,10 @@ async fn serve_proxy(
                 if let Err(e) = stream.set_nodelay(true) {
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
                 }
+                // Limits and timeouts come from the config serving now, so a reload applies
+                // them to every connection accepted after it.
+                let settings = gateway.snapshot().server.clone();
+                let builder = connection_builder(&settings);
                 let client = Arc::new(pipeline::Peer::new(peer.ip()));
                 let gateway = gateway.clone();
                 let service = service_fn(move |request| {
@@ -201,13 +229,11 @@ async fn serve_proxy(
         }
     }
     drop(listener);
+    // The grace period of the config serving now: a reload may have changed it.
+    let grace = gateway.snapshot().server.shutdown_grace;
     let in_flight = graceful.count();
-    tracing::info!(
-        connections = in_flight,
-        grace_ms = settings.shutdown_grace.as_millis() as u64,
-        "stopped accepting; draining"
-    );
-    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown()).await.is_err() {
+    tracing::info!(connections = in_flight, grace_ms = grace.as_millis() as u64, "stopped accepting; draining");
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period ran out with requests still in flight; closing them");
     }
 }

@@ -50,12 +50,29 @@ pub fn load(path: &Path, version: u64) -> Result<Snapshot, ConfigError> {
 
 /// Validates `text` (the contents of `path`) and compiles it into a snapshot.
 pub fn compile(path: &Path, text: &str, version: u64) -> Result<Snapshot, ConfigError> {
+    compile_with(path, text, version, None)
+}
+
+/// Reads the file at `path` for a reload of `previous`: `Ok(None)` when its bytes are what
+/// `previous` was built from, else the next snapshot (version + 1). Upstreams whose
+/// settings did not change keep their connection pools, and an unchanged `[auth]` keeps
+/// its cache of verified tokens. Settings that cannot change while running (listen
+/// addresses, workers) are errors.
+pub fn load_next(path: &Path, previous: &Snapshot) -> Result<Option<Snapshot>, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    if sha256_hex(text.as_bytes()) == previous.meta.checksum {
+        return Ok(None);
+    }
+    compile_with(path, &text, previous.meta.version + 1, Some(previous)).map(Some)
+}
+
+fn compile_with(path: &Path, text: &str, version: u64, previous: Option<&Snapshot>) -> Result<Snapshot, ConfigError> {
     let map = SourceMap::new(text);
     let invalid = |diagnostics: Vec<Diagnostic>| ConfigError::Invalid { path: path.to_owned(), diagnostics };
     let file: FileConfig = toml::from_str(text).map_err(|e| invalid(vec![map.at(e.span(), e.message())]))?;
 
     let config_dir = path.parent().unwrap_or(Path::new("."));
-    let mut checker = Checker { map: &map, config_dir, diagnostics: Vec::new() };
+    let mut checker = Checker { map: &map, config_dir, previous, diagnostics: Vec::new() };
     let checked = checker.check(&file);
     if !checker.diagnostics.is_empty() {
         let mut diagnostics = checker.diagnostics;
@@ -69,7 +86,7 @@ pub fn compile(path: &Path, text: &str, version: u64) -> Result<Snapshot, Config
         checksum: sha256_hex(text.as_bytes()),
         loaded_at: SystemTime::now(),
     };
-    Ok(build(checked, meta))
+    Ok(build(checked, meta, previous))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -99,6 +116,8 @@ struct Checker<'a> {
     map: &'a SourceMap<'a>,
     /// Relative key-file paths are resolved against the config file's directory.
     config_dir: &'a Path,
+    /// The snapshot being served, when this is a reload.
+    previous: Option<&'a Snapshot>,
     diagnostics: Vec<Diagnostic>,
 }
 
@@ -358,6 +377,41 @@ impl Checker<'_> {
                         name.get_ref()
                     ),
                 );
+            }
+        }
+        // A running gateway cannot rebind its listeners or resize its runtime.
+        if let Some(previous) = self.previous.map(|p| &p.server) {
+            let fixed = [
+                (
+                    "server.listen",
+                    listen.map(|a| a.to_string()),
+                    previous.listen.to_string(),
+                    Some(span(&server.listen)),
+                ),
+                (
+                    "server.admin_listen",
+                    admin_listen.map(|a| a.to_string()),
+                    previous.admin_listen.to_string(),
+                    server.admin_listen.as_ref().map(span),
+                ),
+                (
+                    "server.workers",
+                    Some(workers.to_string()),
+                    previous.workers.to_string(),
+                    server.workers.as_ref().map(span),
+                ),
+            ];
+            for (key, now, before, at) in fixed {
+                if now.as_ref().is_some_and(|now| *now != before) {
+                    self.error(
+                        at.unwrap_or_else(|| span(&server.listen)),
+                        format!(
+                            "{key} changed from {before} to {}: it cannot change while the gateway runs; \
+                             restart to apply it (the running config keeps serving)",
+                            now.unwrap_or_default()
+                        ),
+                    );
+                }
             }
         }
         let mut trusted_proxies = Vec::new();
@@ -661,11 +715,16 @@ fn is_identifier(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn build(checked: Checked, meta: ConfigMeta) -> Snapshot {
+fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>) -> Snapshot {
+    // An upstream whose settings are unchanged keeps its handle, and so its warm pool.
     let upstreams: BTreeMap<String, Arc<Upstream>> = checked
         .upstreams
         .into_iter()
-        .map(|(settings, authority)| (settings.name.clone(), Arc::new(Upstream::new(settings, &authority))))
+        .map(|(settings, authority)| {
+            let kept =
+                previous.and_then(|p| p.upstreams.get(&settings.name)).filter(|u| u.settings == settings).cloned();
+            (settings.name.clone(), kept.unwrap_or_else(|| Arc::new(Upstream::new(settings, &authority))))
+        })
         .collect();
     let upstream = |name: &str| upstreams.get(name).cloned().expect("route upstreams were checked to exist");
     let default_monolith = upstream(&checked.default_upstream);
@@ -709,7 +768,12 @@ fn build(checked: Checked, meta: ConfigMeta) -> Snapshot {
         .collect();
     // Handles registered before a recorder exists would count into nothing.
     crate::telemetry::metrics_handle();
-    let authenticator = checked.auth.map(Arc::new);
+    // Unchanged keys and settings keep the authenticator, and so its verified tokens.
+    let authenticator =
+        checked.auth.map(|new| match previous.and_then(|p| p.auth.as_ref()).filter(|old| old.equivalent(&new)) {
+            Some(old) => old.clone(),
+            None => Arc::new(new),
+        });
     let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
     if let Some(authenticator) = &authenticator {
         plugins.push(Arc::new(AuthPlugin::new(authenticator.clone(), auth_modes.clone())));

@@ -6,5 +6,5 @@ pub mod defaults;
 mod error;
 pub mod file;
 
-pub use compile::{compile, load};
+pub use compile::{compile, load, load_next};
 pub use error::{ConfigError, Diagnostic};

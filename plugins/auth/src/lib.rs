@@ -70,6 +70,7 @@ pub struct Authenticator {
     verifier: Verifier,
     claims_to_headers: Vec<(String, HeaderName)>,
     cookie: Option<String>,
+    cache_entries: u64,
     cache: Option<TokenCache>,
     clock: Arc<dyn Clock>,
 }
@@ -84,7 +85,17 @@ impl Authenticator {
         clock: Arc<dyn Clock>,
     ) -> Self {
         let cache = (cache_entries > 0).then(|| TokenCache::new(cache_entries, verifier.leeway_seconds()));
-        Authenticator { verifier, claims_to_headers, cookie, cache, clock }
+        Authenticator { verifier, claims_to_headers, cookie, cache_entries, cache, clock }
+    }
+
+    /// True when `other` would accept and reject exactly the same tokens and produce the
+    /// same headers: then a reload may keep this authenticator and its cache of verified
+    /// tokens. Any key change makes them differ.
+    pub fn equivalent(&self, other: &Authenticator) -> bool {
+        self.verifier.equivalent(&other.verifier)
+            && self.claims_to_headers == other.claims_to_headers
+            && self.cookie == other.cookie
+            && self.cache_entries == other.cache_entries
     }
 
     /// The verifier.

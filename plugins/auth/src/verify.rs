@@ -55,6 +55,15 @@ impl Verifier {
         Verifier { keys, algorithms, issuer, audiences, leeway_seconds }
     }
 
+    /// Same keys (by fingerprint), algorithms, issuer, audiences and leeway.
+    pub fn equivalent(&self, other: &Verifier) -> bool {
+        self.keys.fingerprint() == other.keys.fingerprint()
+            && self.algorithms == other.algorithms
+            && self.issuer == other.issuer
+            && self.audiences == other.audiences
+            && self.leeway_seconds == other.leeway_seconds
+    }
+
     /// The trusted keys.
     pub fn keys(&self) -> &KeySet {
         &self.keys

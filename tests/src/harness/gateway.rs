@@ -32,6 +32,8 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     /// Admin address.
     pub admin: SocketAddr,
+    /// The config file the gateway serves (and watches).
+    pub config_path: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -41,10 +43,42 @@ impl TestGateway {
         let dir = tempfile::tempdir().expect("create a temporary directory");
         let path = dir.path().join("routes.toml");
         std::fs::write(&path, config).expect("write the config");
-        let snapshot =
-            gateway::config::load(&path, 1).unwrap_or_else(|e| panic!("test config is invalid:\n{e}\n{config}"));
+        Self::start_at(dir, path).await
+    }
+
+    /// Starts on a config file already in place (for example behind symlinks) in `dir`.
+    pub async fn start_at(dir: tempfile::TempDir, path: std::path::PathBuf) -> Self {
+        let snapshot = gateway::config::load(&path, 1).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
         let running = gateway::server::start(snapshot).await.expect("start the gateway");
-        TestGateway { addr: running.listen_addr, admin: running.admin_addr, running: Some(running), _dir: dir }
+        TestGateway {
+            addr: running.listen_addr,
+            admin: running.admin_addr,
+            running: Some(running),
+            config_path: path,
+            _dir: dir,
+        }
+    }
+
+    /// The directory the config lives in.
+    pub fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
+    /// The version of the config being served, from `/admin/config`.
+    pub async fn config_version(&self) -> u64 {
+        super::get(&self.admin_url("/admin/config")).await.json()["version"].as_u64().expect("a version")
+    }
+
+    /// Waits (at most [`super::IO_TIMEOUT`]) until the served version is at least `version`.
+    pub async fn wait_for_version(&self, version: u64) -> bool {
+        let deadline = tokio::time::Instant::now() + super::IO_TIMEOUT;
+        while tokio::time::Instant::now() < deadline {
+            if self.config_version().await >= version {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        false
     }
 
     /// `http://ADDR{path}` on the data plane.

@@ -5,5 +5,6 @@ mod hygiene;
 mod lifecycle;
 mod limits;
 mod pool;
+mod reload;
 mod rollout;
 mod routing;
