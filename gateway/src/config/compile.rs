@@ -1065,6 +1065,64 @@ timeout_ms = 2000
     }
 
     #[test]
+    fn a_reload_keeps_what_did_not_change() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("routes.toml");
+        let auth = format!(
+            "\n[auth]\nalgorithms = [\"ES256\"]\njwks_file = \"{FIXTURE_KEYS}/jwks.json\"\nclaims_to_headers = {{ sub = \"x-user-id\" }}\n"
+        );
+        let first = format!("{BASE}{auth}");
+        std::fs::write(&path, &first).expect("write");
+        let v1 = load(&path, 1).expect("valid");
+        assert!(load_next(&path, &v1).expect("readable").is_none(), "the same bytes are not a reload");
+
+        std::fs::write(&path, format!("{first}\n# a comment changes the checksum\n")).expect("write");
+        let v2 = load_next(&path, &v1).expect("valid").expect("changed");
+        assert_eq!(v2.meta.version, 2);
+        assert!(Arc::ptr_eq(&v1.upstreams["users"], &v2.upstreams["users"]), "unchanged upstream keeps its pool");
+        assert!(Arc::ptr_eq(v1.auth.as_ref().expect("auth"), v2.auth.as_ref().expect("auth")), "token cache kept");
+
+        let moved = first.replace("http://127.0.0.1:3001", "http://127.0.0.1:3999");
+        let with_other_keys = moved.replace("jwks.json", "ec-public.pem").replace("jwks_file", "public_key_file");
+        std::fs::write(&path, &with_other_keys).expect("write");
+        let v3 = load_next(&path, &v2).expect("valid").expect("changed");
+        assert!(!Arc::ptr_eq(&v2.upstreams["users"], &v3.upstreams["users"]), "a new url gets a new pool");
+        assert!(Arc::ptr_eq(&v2.upstreams["monolith"], &v3.upstreams["monolith"]));
+        assert!(!Arc::ptr_eq(v2.auth.as_ref().expect("auth"), v3.auth.as_ref().expect("auth")), "new keys, new cache");
+    }
+
+    #[test]
+    fn settings_that_cannot_change_live_are_refused_on_reload() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("routes.toml");
+        std::fs::write(&path, BASE).expect("write");
+        let v1 = load(&path, 1).expect("valid");
+        let edits = [
+            (
+                BASE.replace("127.0.0.1:8080", "127.0.0.1:8081"),
+                "3:10: server.listen: server.listen changed from 127.0.0.1:8080 to 127.0.0.1:8081",
+            ),
+            (
+                BASE.replace(
+                    "default_upstream = \"monolith\"",
+                    "default_upstream = \"monolith\"\nadmin_listen = \"127.0.0.1:9999\"",
+                ),
+                "server.admin_listen changed from 127.0.0.1:9901 to 127.0.0.1:9999",
+            ),
+            (
+                BASE.replace("default_upstream = \"monolith\"", "default_upstream = \"monolith\"\nworkers = 999"),
+                "server.workers changed from",
+            ),
+        ];
+        for (text, expected) in edits {
+            std::fs::write(&path, &text).expect("write");
+            let error = load_next(&path, &v1).expect_err("refused").to_string();
+            assert!(error.contains(expected), "expected {expected:?} in {error}");
+            assert!(error.contains("restart to apply it"), "{error}");
+        }
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let text = BASE
             .replace("listen = \"127.0.0.1:8080\"", "listen = \"nope\"")

@@ -64,13 +64,14 @@ impl fmt::Display for Diagnostic {
 /// Turns byte spans into line/column positions and key paths for one source text.
 pub(crate) struct SourceMap<'a> {
     text: &'a str,
-    /// The spanned document, when it parses as TOML; used to name key paths.
-    document: Option<toml::Spanned<DeTable<'a>>>,
+    /// The spanned document, parsed only when an error needs a key path: a valid file
+    /// (every reload that applies) never pays for this second parse.
+    document: std::cell::OnceCell<Option<toml::Spanned<DeTable<'a>>>>,
 }
 
 impl<'a> SourceMap<'a> {
     pub(crate) fn new(text: &'a str) -> Self {
-        SourceMap { text, document: DeTable::parse(text).ok() }
+        SourceMap { text, document: std::cell::OnceCell::new() }
     }
 
     /// A diagnostic at `span`, with the key path found from the document.
@@ -97,7 +98,7 @@ impl<'a> SourceMap<'a> {
 
     /// The dotted path of the innermost key or value that contains `offset`.
     fn key_path(&self, offset: usize) -> String {
-        let Some(doc) = &self.document else {
+        let Some(doc) = self.document.get_or_init(|| DeTable::parse(self.text).ok()) else {
             return String::new();
         };
         find_in_table(doc.get_ref(), offset, "").unwrap_or_default()

@@ -1,16 +1,20 @@
 //! Request metrics, recorded once per request at `on_complete`.
 //!
-//! [`RequestMetrics`] is built when a config is compiled: it registers one counter per
-//! (route, target, status class) and one histogram per (route, target) up front, so the
-//! hot path does an array index and an atomic add, never a label lookup or a format.
-//! Handles are keyed by their labels in the global recorder, so a reload that rebuilds
-//! this plugin keeps counting into the same series.
+//! [`RequestMetrics`] is built when a config is compiled. A route's handles (one counter
+//! per target and status class, one histogram per target) are registered the first time
+//! the route answers from that side. After that, the hot path does an array index, an
+//! atomic load and an atomic add, never a label lookup or a format. Registering lazily
+//! keeps a reload of a 10,000-route file from registering 190,000 series up front. Handles
+//! are keyed by their labels in the global recorder, so a reload that rebuilds this
+//! plugin keeps counting into the same series.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod names;
 
 use gateway_plugin_api::{Outcome, Phases, Plugin, RequestCtx, RouteId, Target};
+use std::sync::OnceLock;
+
 use metrics::{Counter, Histogram, counter, gauge, histogram};
 
 /// Status classes in label order; index = status / 100 - 1.
@@ -38,10 +42,13 @@ struct SlotHandles {
     duration: Histogram,
 }
 
-/// Per target slot; `None` where the route cannot send traffic (no series is exported).
+/// Per target slot: the upstream label where the route can send traffic there (no
+/// series is ever exported for a side the route does not have), and the handles once
+/// the route has answered from that side.
 struct RouteHandles {
     route: String,
-    slots: [Option<SlotHandles>; TARGET_SLOTS],
+    upstreams: [Option<String>; TARGET_SLOTS],
+    slots: [OnceLock<SlotHandles>; TARGET_SLOTS],
 }
 
 /// Records `gateway_requests_total` and `gateway_request_duration_seconds`.
@@ -59,27 +66,35 @@ impl RequestMetrics {
 }
 
 fn register_route(labels: &RouteLabels) -> RouteHandles {
-    let register = |target: &'static str, upstream: String| SlotHandles {
-        requests: std::array::from_fn(|class| {
-            counter!(
-                names::REQUESTS_TOTAL,
-                "route" => labels.route.clone(),
-                "target" => target,
-                "upstream" => upstream.clone(),
-                "status_class" => STATUS_CLASSES[class],
-            )
-        }),
-        duration: histogram!(names::REQUEST_DURATION_SECONDS, "route" => labels.route.clone(), "target" => target),
-    };
-    let mut slots: [Option<SlotHandles>; TARGET_SLOTS] = Default::default();
-    slots[Target::Monolith.index()] = Some(register(Target::Monolith.as_str(), labels.monolith_upstream.clone()));
-    slots[Target::Service.index()] =
-        labels.service_upstream.as_ref().map(|service| register(Target::Service.as_str(), service.clone()));
-    slots[NONE_SLOT] = Some(register(names::TARGET_NONE, names::UPSTREAM_NONE.to_owned()));
+    let mut upstreams: [Option<String>; TARGET_SLOTS] = Default::default();
+    upstreams[Target::Monolith.index()] = Some(labels.monolith_upstream.clone());
+    upstreams[Target::Service.index()] = labels.service_upstream.clone();
+    upstreams[NONE_SLOT] = Some(names::UPSTREAM_NONE.to_owned());
     if let Some(percent) = labels.rollout_percent {
         gauge!(names::ROLLOUT_PERCENT, "route" => labels.route.clone()).set(percent);
     }
-    RouteHandles { route: labels.route.clone(), slots }
+    RouteHandles { route: labels.route.clone(), upstreams, slots: Default::default() }
+}
+
+impl RouteHandles {
+    fn slot(&self, slot: usize) -> Option<&SlotHandles> {
+        let upstream = self.upstreams[slot].as_ref()?;
+        Some(self.slots[slot].get_or_init(|| {
+            let target = Target::ALL.get(slot).map_or(names::TARGET_NONE, |t| t.as_str());
+            SlotHandles {
+                requests: std::array::from_fn(|class| {
+                    counter!(
+                        names::REQUESTS_TOTAL,
+                        "route" => self.route.clone(),
+                        "target" => target,
+                        "upstream" => upstream.clone(),
+                        "status_class" => STATUS_CLASSES[class],
+                    )
+                }),
+                duration: histogram!(names::REQUEST_DURATION_SECONDS, "route" => self.route.clone(), "target" => target),
+            }
+        }))
+    }
 }
 
 fn status_class_index(status: u16) -> usize {
@@ -104,8 +119,7 @@ impl Plugin for RequestMetrics {
             // Refusals are the slow path; a label lookup here costs nothing that matters.
             counter!(names::AUTH_FAILURES_TOTAL, "route" => handles.route.clone(), "reason" => reason).increment(1);
         }
-        let slot = ctx.target.map_or(NONE_SLOT, Target::index);
-        let Some(slot) = &handles.slots[slot] else {
+        let Some(slot) = handles.slot(ctx.target.map_or(NONE_SLOT, Target::index)) else {
             return;
         };
         slot.requests[status_class_index(outcome.status.as_u16())].increment(1);
