@@ -88,3 +88,75 @@ fn sigterm_drains_the_in_flight_request_and_exits_zero() {
     assert!(TcpStream::connect(listen).is_err(), "nothing listens after exit");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// GET `path` on `addr` with a bare HTTP/1.1 client; returns the body.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = TcpStream::connect(addr).expect("connect");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("set a read timeout");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").expect("send");
+    let mut reply = String::new();
+    stream.read_to_string(&mut reply).expect("read");
+    reply.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default()
+}
+
+#[test]
+fn sighup_rereads_the_config() {
+    let (upstream, _arrived) = slow_upstream(Duration::ZERO);
+    let base = std::env::temp_dir().join(format!("gateway-sighup-{}", std::process::id()));
+    let (watched, elsewhere) = (base.join("watched"), base.join("elsewhere"));
+    std::fs::create_dir_all(&watched).expect("mkdir");
+    std::fs::create_dir_all(&elsewhere).expect("mkdir");
+    let target = elsewhere.join("routes.toml");
+    let config = |percent: u32| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\ndefault_upstream = \"monolith\"\nworkers = 1\n\
+             [upstreams.monolith]\nurl = \"http://{upstream}\"\n\
+             [[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"monolith\"\n\
+             rollout_percent = {percent}\nsticky = \"header:x-user\"\n"
+        )
+    };
+    std::fs::write(&target, config(10)).expect("write");
+    // A symlink into a directory the gateway does not watch: only SIGHUP sees edits.
+    let link = watched.join("routes.toml");
+    std::os::unix::fs::symlink(&target, &link).expect("link");
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["run", "--config"])
+        .arg(&link)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the gateway binary");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let started: serde_json::Value =
+        serde_json::from_str(&lines.recv_timeout(Duration::from_secs(10)).expect("a start line")).expect("JSON");
+    let admin: SocketAddr = started["admin"].as_str().expect("admin address").parse().expect("an address");
+    let version = || -> u64 {
+        let body = http_get(admin, "/admin/config");
+        serde_json::from_str::<serde_json::Value>(&body).expect("JSON")["version"].as_u64().expect("a version")
+    };
+    assert_eq!(version(), 1);
+
+    std::fs::write(&target, config(60)).expect("rewrite the target");
+    let status = Command::new("kill").args(["-HUP", &child.id().to_string()]).status().expect("run kill");
+    assert!(status.success());
+    let reloaded = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        version() == 2
+    });
+    let body = http_get(admin, "/admin/config");
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&base);
+    assert!(reloaded, "SIGHUP applied the edit: {body}");
+    assert!(body.contains(r#""trigger":"sighup""#), "{body}");
+    assert!(body.contains(r#""to":"60.00%""#), "{body}");
+}
