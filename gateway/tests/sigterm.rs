@@ -25,6 +25,27 @@ fn slow_upstream(delay: Duration) -> (SocketAddr, mpsc::Receiver<()>) {
     (addr, arrived_rx)
 }
 
+/// Starts `gateway run --config PATH`; its stderr (JSON log lines) arrives on the channel.
+fn spawn_gateway(config: &std::path::Path) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the gateway binary");
+    let stderr = child.stderr.take().expect("stderr is piped");
+    let (lines_tx, lines) = mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, lines)
+}
+
 #[test]
 fn sigterm_drains_the_in_flight_request_and_exits_zero() {
     let (upstream, arrived) = slow_upstream(Duration::from_millis(700));
@@ -40,22 +61,7 @@ fn sigterm_drains_the_in_flight_request_and_exits_zero() {
     )
     .expect("write the config");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the gateway binary");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, lines) = spawn_gateway(&config);
     let started = lines.recv_timeout(Duration::from_secs(10)).expect("the gateway logs its start");
     let started: serde_json::Value = serde_json::from_str(&started).expect("logs are JSON lines");
     assert_eq!(started["message"], "gateway started", "{started}");
@@ -120,22 +126,7 @@ fn sighup_rereads_the_config() {
     let link = watched.join("routes.toml");
     std::os::unix::fs::symlink(&target, &link).expect("link");
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gateway"))
-        .args(["run", "--config"])
-        .arg(&link)
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the gateway binary");
-    let stderr = child.stderr.take().expect("stderr is piped");
-    let (lines_tx, lines) = mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines_tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, lines) = spawn_gateway(&link);
     let started: serde_json::Value =
         serde_json::from_str(&lines.recv_timeout(Duration::from_secs(10)).expect("a start line")).expect("JSON");
     let admin: SocketAddr = started["admin"].as_str().expect("admin address").parse().expect("an address");
