@@ -103,6 +103,7 @@ fn config_document(gateway: &Gateway) -> serde_json::Value {
                     "url": s.url,
                     "timeout_ms": s.timeout.as_millis() as u64,
                     "connect_timeout_ms": s.connect_timeout.as_millis() as u64,
+                    "breaker": u.breaker.as_ref().map(|b| b.state(crate::clock::now()).as_str()),
                 }),
             )
         })

@@ -105,7 +105,12 @@ pub fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Explanat
     let identity = identity.filter(|_| auth != AuthMode::Off);
     let client = request.ip.map(|ip| client_ip(ip, &headers, &snapshot.server.trusted_proxies));
     let caller = Caller { identity: identity.as_ref(), headers: &headers, client_ip: client };
-    let decision = route.decide(&caller, ServiceHealth::Available);
+    // The same breaker rule as the data plane (breaker > segment > dial). A one-shot
+    // `gateway explain` process has fresh breakers; the running gateway's come with the
+    // admin API.
+    let open =
+        route.service.as_ref().and_then(|s| s.breaker.as_ref()).is_some_and(|b| b.would_refuse(crate::clock::now()));
+    let decision = route.decide(&caller, if open { ServiceHealth::BreakerOpen } else { ServiceHealth::Available });
 
     let policy = route.policy.as_ref();
     let sticky_key = policy.and_then(|p| p.sticky.as_ref()).and_then(|s| s.key(&caller)).map(|k| k.into_owned());

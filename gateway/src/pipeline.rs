@@ -32,11 +32,14 @@ use http_body_util::{Either, Full, Limited};
 use hyper::body::{Body, Incoming};
 use tokio::time::Instant;
 
+use crate::clock;
 use crate::error;
 use crate::headers::{self, X_REQUEST_ID};
 use crate::normalize::normalize_path;
+use crate::snapshot::Route;
 use crate::snapshot::Snapshot;
-use crate::upstream::PooledBody;
+use crate::upstream::{PooledBody, SendFailure, Upstream, UpstreamBody, UpstreamError, report_transition};
+use gateway_plugin_breaker::Admission;
 
 /// Body of every response the gateway sends: the upstream's, streamed, or its own.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
@@ -133,10 +136,15 @@ async fn run(
     // Phase: select target (breaker > segment > dial, in gateway_plugin_rollout::decide).
     let client_ip = client_ip(peer.ip, &parts.headers, &snapshot.server.trusted_proxies);
     let caller = Caller { identity: ctx.identity.as_deref(), headers: &parts.headers, client_ip: Some(client_ip) };
-    let decision = route.decide(&caller, ServiceHealth::Available);
-    let upstream = decision.upstream;
-    ctx.target = Some(decision.target);
-    ctx.upstream = Some(upstream.name.clone());
+    let service_open =
+        route.service.as_ref().and_then(|s| s.breaker.as_ref()).is_some_and(|b| b.would_refuse(clock::now()));
+    let health = if service_open { ServiceHealth::BreakerOpen } else { ServiceHealth::Available };
+    let decision = route.decide(&caller, health);
+    // Only callers the dial or a segment would have sent to the service count as fallbacks.
+    let diverted = service_open && route.decide(&caller, ServiceHealth::Available).target == Target::Service;
+    let target = decision.target;
+    ctx.target = Some(target);
+    ctx.upstream = Some(decision.upstream.name.clone());
 
     // Phase: forward.
     let limit = snapshot.server.max_body_bytes;
@@ -148,17 +156,202 @@ async fn run(
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/2 clients send :authority instead of Host; HTTP/1.1 upstreams need a Host.
         let host = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-        parts.headers.insert(header::HOST, host.unwrap_or_else(|| upstream.host_header().clone()));
+        parts.headers.insert(header::HOST, host.unwrap_or_else(|| decision.upstream.host_header().clone()));
     }
     parts.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
     // Origin-form: the upstream sees the path and query only, exactly as normalised.
     parts.uri = Uri::from(path_and_query);
     parts.version = Version::HTTP_11;
-    let limited = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    upstream.send(Request::from_parts(parts, Either::Left(limited))).await.map_err(|e| {
-        tracing::debug!(request_id = ?ctx.request_id, error = %e, "upstream exchange failed");
-        error::upstream_failed(&e)
+    let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+
+    let mut request = match (&route.service, target) {
+        (Some(service), Target::Service) => match call_service(route, service, parts, body).await {
+            ServiceResult::Answered(response) => return Ok(response),
+            ServiceResult::Failed(error) => return Err(error::upstream_failed(&error)),
+            ServiceResult::BodyError(rejection) => return Err(rejection),
+            ServiceResult::FallBack { request, reason } => {
+                fell_back(ctx, route, service, reason);
+                request
+            }
+        },
+        _ => {
+            if diverted {
+                if let Some(service) = &route.service {
+                    fell_back(ctx, route, service, FALLBACK_BREAKER_OPEN);
+                }
+            }
+            Request::from_parts(parts, Either::Left(body))
+        }
+    };
+    // The monolith side: the route's monolith, or the default upstream.
+    let monolith = &route.monolith;
+    if !request.headers().contains_key(header::HOST) {
+        request.headers_mut().insert(header::HOST, monolith.host_header().clone());
+    }
+    match call(monolith, request).await {
+        Ok(response) => Ok(response),
+        Err(failure) => Err(call_rejection(&failure.error)),
+    }
+}
+
+/// `gateway_fallbacks_total` reason: the service's breaker is open.
+const FALLBACK_BREAKER_OPEN: &str = "breaker_open";
+
+/// Methods whose replay is harmless (RFC 9110 §9.2.2), minus TRACE.
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
+}
+
+/// Records a fallback on the request and logs it once.
+fn fell_back(ctx: &mut RequestCtx, route: &Route, service: &Upstream, reason: &'static str) {
+    ctx.fallback = Some(reason);
+    ctx.target = Some(Target::Monolith);
+    ctx.upstream = Some(route.monolith.name.clone());
+    tracing::warn!(
+        request_id = ctx.request_id.to_str().unwrap_or(""),
+        route = &*route.name,
+        from = &*service.name,
+        to = &*route.monolith.name,
+        reason,
+        "fallback to the monolith"
+    );
+}
+
+enum ServiceResult {
+    /// The service answered (a failure status is passed on when a replay is not safe).
+    Answered(Response<PooledBody>),
+    /// Replay this request on the monolith.
+    FallBack { request: Request<UpstreamBody>, reason: &'static str },
+    /// The service failed and replay is not safe (or not wanted).
+    Failed(UpstreamError),
+    /// The client's body could not be read or is too large.
+    BodyError(Rejection),
+}
+
+/// Calls the service, keeping what a safe replay needs:
+/// - a request that never left the gateway (connect failure, breaker refusal) is replayed
+///   for any method;
+/// - after sending, only an idempotent request whose whole body was buffered (at most
+///   `fallback_body_limit`) is replayed, and only before any response byte reached the
+///   client, which is always the case here: the response head is still in hand.
+async fn call_service(
+    route: &Route,
+    service: &Upstream,
+    parts: http::request::Parts,
+    body: Limited<Incoming>,
+) -> ServiceResult {
+    let replayable_after_send = route.fallback.enabled
+        && is_idempotent(&parts.method)
+        && body.size_hint().upper().is_some_and(|upper| upper <= route.fallback.body_limit);
+    let (request, replay_copy) = if replayable_after_send {
+        let bytes = match http_body_util::BodyExt::collect(body).await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                return ServiceResult::BodyError(if e.is::<http_body_util::LengthLimitError>() {
+                    error::body_too_large(route.fallback.body_limit)
+                } else {
+                    Rejection::new(StatusCode::BAD_REQUEST, "body-read-failed", "the request body could not be read")
+                });
+            }
+        };
+        let copy = (parts.clone(), bytes.clone());
+        (Request::from_parts(parts, Either::Right(Full::new(bytes))), Some(copy))
+    } else {
+        (Request::from_parts(parts, Either::Left(body)), None)
+    };
+    match call(service, request).await {
+        Ok(response) if service.is_failure_status(response.status().as_u16()) && replay_copy.is_some() => {
+            // The service's failure head is dropped unread: nothing of it reached the client.
+            drop(response);
+            let request = replay_of(replay_copy).expect("checked is_some");
+            ServiceResult::FallBack { request, reason: "status_5xx" }
+        }
+        Ok(response) => ServiceResult::Answered(response),
+        Err(CallFailure { error: CallError::Upstream(UpstreamError::BodyTooLarge), .. }) => {
+            ServiceResult::Failed(UpstreamError::BodyTooLarge)
+        }
+        // An open breaker routes to the monolith whatever `fallback` says.
+        Err(CallFailure { error: CallError::BreakerOpen { .. }, unsent: Some(request) }) => {
+            ServiceResult::FallBack { request, reason: FALLBACK_BREAKER_OPEN }
+        }
+        Err(CallFailure { error: CallError::BreakerOpen { .. }, unsent: None }) => {
+            unreachable!("a refused request is always handed back")
+        }
+        Err(CallFailure { error: CallError::Upstream(error), unsent }) => {
+            let reason = match error {
+                UpstreamError::Connect { .. } => "connect_error",
+                UpstreamError::Timeout { .. } => "timeout",
+                _ => "exchange_error",
+            };
+            match (route.fallback.enabled, unsent, replay_of(replay_copy)) {
+                (true, Some(request), _) | (true, None, Some(request)) => ServiceResult::FallBack { request, reason },
+                _ => ServiceResult::Failed(error),
+            }
+        }
+    }
+}
+
+fn replay_of(copy: Option<(http::request::Parts, Bytes)>) -> Option<Request<UpstreamBody>> {
+    copy.map(|(parts, bytes)| Request::from_parts(parts, Either::Right(Full::new(bytes))))
+}
+
+/// Why a call did not produce a response head.
+enum CallError {
+    /// The upstream's breaker refused the call.
+    BreakerOpen { retry_after: std::time::Duration },
+    /// The exchange failed.
+    Upstream(UpstreamError),
+}
+
+struct CallFailure {
+    error: CallError,
+    /// The request, when it never left the gateway.
+    unsent: Option<Request<UpstreamBody>>,
+}
+
+/// Calls `upstream` through its circuit breaker, if it has one, and reports the outcome:
+/// a connect error, a timeout, a broken exchange or a failure status count as failures;
+/// a body over the limit is the client's doing and counts as neither.
+async fn call(upstream: &Upstream, request: Request<UpstreamBody>) -> Result<Response<PooledBody>, CallFailure> {
+    let permit = match &upstream.breaker {
+        None => None,
+        Some(breaker) => {
+            let (admission, transition) = breaker.admit(clock::now());
+            report_transition(&upstream.name, transition);
+            match admission {
+                Admission::Admitted(permit) => Some(permit),
+                Admission::Refused { retry_after } => {
+                    return Err(CallFailure { error: CallError::BreakerOpen { retry_after }, unsent: Some(request) });
+                }
+            }
+        }
+    };
+    let result = upstream.send(request).await;
+    if let Some(permit) = permit {
+        let now = clock::now();
+        let transition = match &result {
+            Ok(response) if upstream.is_failure_status(response.status().as_u16()) => permit.failed(now),
+            Ok(_) => permit.succeeded(now),
+            Err(SendFailure { error: UpstreamError::BodyTooLarge, .. }) => None,
+            Err(_) => permit.failed(now),
+        };
+        report_transition(&upstream.name, transition);
+    }
+    result.map_err(|failure| {
+        tracing::debug!(upstream = %upstream.name, error = %failure.error, "upstream exchange failed");
+        CallFailure { error: CallError::Upstream(failure.error), unsent: failure.unsent }
     })
+}
+
+fn call_rejection(error: &CallError) -> Rejection {
+    match error {
+        CallError::Upstream(error) => error::upstream_failed(error),
+        CallError::BreakerOpen { retry_after } => {
+            let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "breaker-open", "the upstream's circuit breaker is open")
+                .with_header(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))
+        }
+    }
 }
 
 fn rebuild_path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, Rejection> {

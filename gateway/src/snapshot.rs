@@ -70,6 +70,17 @@ pub struct Route {
     pub monolith: Arc<Upstream>,
     /// The canary dial; `None` for the default route, which always goes to the monolith.
     pub policy: Option<RoutePolicy>,
+    /// Replaying failed service requests on the monolith.
+    pub fallback: Fallback,
+}
+
+/// A route's `fallback` settings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fallback {
+    /// `fallback = "safe"`.
+    pub enabled: bool,
+    /// Largest request body kept so an idempotent request can be replayed after sending.
+    pub body_limit: u64,
 }
 
 /// The side a request goes to, why, and the upstream that serves it.

@@ -17,6 +17,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gateway_plugin_breaker::{Breaker, BreakerSettings};
 use http::{HeaderValue, Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Full, LengthLimitError, Limited};
@@ -34,7 +35,7 @@ pub type UpstreamBody = Either<Limited<Incoming>, Full<Bytes>>;
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Settings of one upstream, as validated from the config.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct UpstreamSettings {
     /// Name from `[upstreams.<name>]`.
     pub name: String,
@@ -48,6 +49,10 @@ pub struct UpstreamSettings {
     pub pool_idle_timeout: Duration,
     /// Idle connections kept.
     pub pool_max_idle: usize,
+    /// The circuit breaker's thresholds, when the upstream has one.
+    pub breaker: Option<BreakerSettings>,
+    /// Response statuses that count as failures (inclusive ranges).
+    pub failure_statuses: Vec<(u16, u16)>,
 }
 
 /// A named upstream with its connection pool.
@@ -56,6 +61,8 @@ pub struct Upstream {
     pub name: Arc<str>,
     /// What it was built from.
     pub settings: UpstreamSettings,
+    /// The circuit breaker, when configured; kept across reloads while the url is the same.
+    pub breaker: Option<Arc<Breaker>>,
     /// `host:port` to connect to.
     connect_to: String,
     /// `Host` for requests that arrive without one (HTTP/1.0, HTTP/2 without :authority).
@@ -67,6 +74,15 @@ impl std::fmt::Debug for Upstream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Upstream").field("name", &self.name).field("url", &self.settings.url).finish()
     }
+}
+
+/// A failed send, with the request when it never left the gateway.
+#[derive(Debug)]
+pub struct SendFailure {
+    /// What went wrong.
+    pub error: UpstreamError,
+    /// The request, when no byte of it was sent: replaying it elsewhere is always safe.
+    pub unsent: Option<Request<UpstreamBody>>,
 }
 
 /// Why an upstream exchange failed before a response head arrived.
@@ -102,8 +118,9 @@ pub enum UpstreamError {
 }
 
 impl Upstream {
-    /// Builds the upstream and its (empty) pool. `authority` comes from the validated url.
-    pub fn new(settings: UpstreamSettings, authority: &http::uri::Authority) -> Self {
+    /// Builds the upstream and its (empty) pool. `authority` comes from the validated url;
+    /// `breaker` is the one to keep from the previous config, if any.
+    pub fn new(settings: UpstreamSettings, authority: &http::uri::Authority, breaker: Option<Arc<Breaker>>) -> Self {
         let connect_to = match authority.port_u16() {
             Some(_) => authority.as_str().to_owned(),
             None => format!("{}:80", authority.host()),
@@ -115,7 +132,12 @@ impl Upstream {
             idle_timeout: settings.pool_idle_timeout,
             sweeper_started: std::sync::Once::new(),
         });
-        Upstream { name: Arc::from(settings.name.as_str()), settings, connect_to, host, pool }
+        Upstream { name: Arc::from(settings.name.as_str()), settings, breaker, connect_to, host, pool }
+    }
+
+    /// Whether a response status counts as a failure for the breaker and for fallback.
+    pub fn is_failure_status(&self, status: u16) -> bool {
+        self.settings.failure_statuses.iter().any(|(low, high)| (*low..=*high).contains(&status))
     }
 
     /// The `Host` header to send when the client gave none.
@@ -124,19 +146,27 @@ impl Upstream {
     }
 
     /// Sends the request (origin-form URI, `Host` set) and waits for the response head,
-    /// within the upstream's timeout. The response body streams afterwards.
-    pub async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<PooledBody>, UpstreamError> {
+    /// within the upstream's timeout. The response body streams afterwards. A request that
+    /// never left the gateway (the connection could not be made, or hyper handed it back
+    /// unsent) comes back in the failure, ready to be sent elsewhere.
+    pub async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<PooledBody>, SendFailure> {
         match tokio::time::timeout(self.settings.timeout, self.exchange(request)).await {
             Ok(result) => result,
-            Err(_) => Err(UpstreamError::Timeout { upstream: self.name.clone(), timeout: self.settings.timeout }),
+            Err(_) => Err(SendFailure {
+                error: UpstreamError::Timeout { upstream: self.name.clone(), timeout: self.settings.timeout },
+                unsent: None,
+            }),
         }
     }
 
-    async fn exchange(&self, mut request: Request<UpstreamBody>) -> Result<Response<PooledBody>, UpstreamError> {
+    async fn exchange(&self, mut request: Request<UpstreamBody>) -> Result<Response<PooledBody>, SendFailure> {
         loop {
             let (mut sender, reused) = match self.pool.checkout().await {
                 Some(sender) => (sender, true),
-                None => (self.connect().await?, false),
+                None => match self.connect().await {
+                    Ok(sender) => (sender, false),
+                    Err(error) => return Err(SendFailure { error, unsent: Some(request) }),
+                },
             };
             match sender.try_send_request(request).await {
                 Ok(response) => {
@@ -146,7 +176,7 @@ impl Upstream {
                 Err(mut failed) => match failed.take_message() {
                     // Never sent: the pooled connection closed while parked. Try the next.
                     Some(unsent) if reused => request = unsent,
-                    _ => return Err(self.exchange_error(failed.into_error())),
+                    unsent => return Err(SendFailure { error: self.exchange_error(failed.into_error()), unsent }),
                 },
             }
         }
@@ -319,4 +349,20 @@ fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 's
         current = e.source();
     }
     false
+}
+
+/// Logs a breaker state change and records it in `gateway_circuit_state` and
+/// `gateway_circuit_transitions_total`.
+pub fn report_transition(upstream: &str, transition: Option<gateway_plugin_breaker::Transition>) {
+    use gateway_plugin_metrics::names;
+    let Some(transition) = transition else { return };
+    tracing::info!(
+        upstream,
+        from = transition.from.as_str(),
+        to = transition.to.as_str(),
+        "circuit breaker changed state"
+    );
+    metrics::gauge!(names::CIRCUIT_STATE, "upstream" => upstream.to_owned()).set(transition.to.gauge());
+    metrics::counter!(names::CIRCUIT_TRANSITIONS_TOTAL, "upstream" => upstream.to_owned(), "to" => transition.to.as_str())
+        .increment(1);
 }

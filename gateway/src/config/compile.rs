@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 use gateway_plugin_api::Target;
 use gateway_plugin_api::{DEFAULT_ROUTE_LABEL, Plugin, RouteId};
 use gateway_plugin_auth::{AuthMode, AuthPlugin, Authenticator, KeySet, SystemClock, Verifier};
+use gateway_plugin_breaker::{Breaker, BreakerSettings, ErrorRate};
 use gateway_plugin_metrics::{RequestMetrics, RouteLabels};
 use gateway_plugin_rollout::{BasisPoints, ClaimTest, RoutePolicy, Segment, SegmentMatch, Sticky};
 use http::HeaderName;
@@ -26,11 +27,12 @@ use toml::Spanned;
 use super::defaults::*;
 use super::error::{ConfigError, Diagnostic, SourceMap};
 use super::file::{
-    FileAudience, FileAuth, FileAuthMode, FileConfig, FileRoute, FileSegment, FileServer, FileSide, FileUpstream,
+    FileAudience, FileAuth, FileAuthMode, FileBreaker, FileConfig, FileFallback, FileRoute, FileSegment, FileServer,
+    FileSide, FileUpstream,
 };
 use crate::normalize::normalize_path;
 use crate::router::Router;
-use crate::snapshot::{ConfigMeta, PhasePlugins, Route, ServerSettings, Snapshot};
+use crate::snapshot::{ConfigMeta, Fallback, PhasePlugins, Route, ServerSettings, Snapshot};
 use crate::upstream::{Upstream, UpstreamSettings};
 
 /// Most worker threads accepted.
@@ -110,6 +112,7 @@ struct CheckedRoute {
     monolith: String,
     auth: AuthMode,
     policy: RoutePolicy,
+    fallback: Fallback,
 }
 
 struct Checker<'a> {
@@ -454,6 +457,10 @@ impl Checker<'_> {
             let pool_idle_timeout =
                 self.bounded(&upstream.pool_idle_timeout_ms, DEFAULT_POOL_IDLE_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
             let pool_max_idle = self.bounded(&upstream.pool_max_idle, DEFAULT_POOL_MAX_IDLE, 0, 65_536, "connections");
+            let (breaker, failure_statuses) = match &upstream.breaker {
+                Some(breaker) => self.check_breaker(breaker.get_ref()),
+                None => (None, vec![(500, 599)]),
+            };
             if let Some(authority) = authority {
                 let settings = UpstreamSettings {
                     name: name.get_ref().clone(),
@@ -462,11 +469,61 @@ impl Checker<'_> {
                     connect_timeout: Duration::from_millis(connect_timeout),
                     pool_idle_timeout: Duration::from_millis(pool_idle_timeout),
                     pool_max_idle: pool_max_idle as usize,
+                    breaker,
+                    failure_statuses,
                 };
                 out.push((settings, authority));
             }
         }
         out
+    }
+
+    fn check_breaker(&mut self, breaker: &FileBreaker) -> (Option<BreakerSettings>, Vec<(u16, u16)>) {
+        let failures = self.bounded(&breaker.failures, DEFAULT_BREAKER_FAILURES, 1, 1_000_000, "failures");
+        let window = self.bounded(&breaker.window_seconds, DEFAULT_BREAKER_WINDOW_SECONDS, 1, 3_600, "seconds");
+        let open = self.bounded(&breaker.open_seconds, DEFAULT_BREAKER_OPEN_SECONDS, 1, 3_600, "seconds");
+        let half_open =
+            self.bounded(&breaker.half_open_requests, DEFAULT_BREAKER_HALF_OPEN_REQUESTS, 1, 10_000, "requests");
+        let min_requests = self.bounded(&breaker.min_requests, DEFAULT_BREAKER_MIN_REQUESTS, 1, 1_000_000, "requests");
+        let error_rate = breaker.error_rate_percent.as_ref().and_then(|rate| {
+            let percent = *rate.get_ref();
+            if percent > 0.0 && percent <= 100.0 {
+                Some(ErrorRate { percent, min_requests: min_requests as u32 })
+            } else {
+                self.error(span(rate), format!("must be above 0 and at most 100, got {percent}"));
+                None
+            }
+        });
+        if breaker.min_requests.is_some() && breaker.error_rate_percent.is_none() {
+            let at = breaker.min_requests.as_ref().map(span).expect("checked just above");
+            self.error(at, "min_requests applies to error_rate_percent, which is not set");
+        }
+        let mut statuses = Vec::new();
+        for entry in breaker.failure_statuses.iter().flatten() {
+            let text = entry.get_ref();
+            let parse = |s: &str| s.trim().parse::<u16>().ok().filter(|code| (100..=599).contains(code));
+            let range = match text.split_once('-') {
+                Some((low, high)) => parse(low).zip(parse(high)).filter(|(l, h)| l <= h),
+                None => parse(text).map(|code| (code, code)),
+            };
+            match range {
+                Some(range) => statuses.push(range),
+                None => {
+                    self.error(span(entry), format!("\"{text}\" is not a status (\"503\") or a range (\"500-599\")"))
+                }
+            }
+        }
+        if breaker.failure_statuses.is_none() {
+            statuses.push((500, 599));
+        }
+        let settings = BreakerSettings {
+            failures: failures as u32,
+            window: Duration::from_secs(window),
+            open_for: Duration::from_secs(open),
+            half_open_requests: half_open as u32,
+            error_rate,
+        };
+        (Some(settings), statuses)
     }
 
     fn upstream_authority(&mut self, url: &Spanned<String>) -> Option<Authority> {
@@ -654,6 +711,16 @@ impl Checker<'_> {
         prefixes: &mut HashSet<String>,
     ) -> Option<CheckedRoute> {
         let name = route.name.get_ref();
+        let fallback_settings = Fallback {
+            enabled: !matches!(route.fallback.as_ref().map(|f| *f.get_ref()), Some(FileFallback::Never)),
+            body_limit: self.bounded(
+                &route.fallback_body_limit,
+                DEFAULT_FALLBACK_BODY_LIMIT,
+                0,
+                64 * 1024 * 1024,
+                "bytes",
+            ),
+        };
         let mut ok = true;
         if !is_identifier(name) || name.starts_with('_') {
             self.error(span(&route.name), "route names use only a-z, 0-9, '-' and '_', and do not start with '_'");
@@ -690,6 +757,7 @@ impl Checker<'_> {
                 segments: Vec::new(),
                 anonymous: Target::Monolith,
             },
+            fallback: fallback_settings,
         })
     }
 }
@@ -721,9 +789,24 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>) -> Sna
         .upstreams
         .into_iter()
         .map(|(settings, authority)| {
-            let kept =
-                previous.and_then(|p| p.upstreams.get(&settings.name)).filter(|u| u.settings == settings).cloned();
-            (settings.name.clone(), kept.unwrap_or_else(|| Arc::new(Upstream::new(settings, &authority))))
+            let before = previous.and_then(|p| p.upstreams.get(&settings.name));
+            let upstream = match before {
+                Some(before) if before.settings == settings => before.clone(),
+                _ => {
+                    // Breaker state survives while the url is the same; new thresholds apply.
+                    let breaker = settings.breaker.clone().map(|thresholds| {
+                        match before.filter(|b| b.settings.url == settings.url).and_then(|b| b.breaker.clone()) {
+                            Some(kept) => {
+                                kept.reconfigure(thresholds);
+                                kept
+                            }
+                            None => Breaker::new(thresholds),
+                        }
+                    });
+                    Arc::new(Upstream::new(settings, &authority, breaker))
+                }
+            };
+            (upstream.settings.name.clone(), upstream)
         })
         .collect();
     let upstream = |name: &str| upstreams.get(name).cloned().expect("route upstreams were checked to exist");
@@ -742,6 +825,7 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>) -> Sna
             service: Some(upstream(&r.service)),
             monolith: if r.monolith.is_empty() { default_monolith.clone() } else { upstream(&r.monolith) },
             policy: Some(r.policy),
+            fallback: r.fallback,
         })
         .collect();
     let default_id = RouteId(routes.len());
@@ -752,6 +836,7 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>) -> Sna
         service: None,
         monolith: default_monolith,
         policy: None,
+        fallback: Fallback { enabled: false, body_limit: 0 },
     });
     let router = Router::new(
         routes.iter().filter_map(|r| r.prefix.as_ref().map(|p| (p.to_ascii_lowercase(), r.id))),

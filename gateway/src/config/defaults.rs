@@ -30,3 +30,15 @@ pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
 pub const MAX_LEEWAY_SECONDS: u64 = 300;
 /// Verified tokens cached: 100 000 (count), a few tens of MB at most.
 pub const DEFAULT_TOKEN_CACHE_ENTRIES: u64 = 100_000;
+/// Breaker: failures within the window that open it (count).
+pub const DEFAULT_BREAKER_FAILURES: u64 = 5;
+/// Breaker: sliding window, 60 seconds.
+pub const DEFAULT_BREAKER_WINDOW_SECONDS: u64 = 60;
+/// Breaker: time open before trials, 30 seconds.
+pub const DEFAULT_BREAKER_OPEN_SECONDS: u64 = 30;
+/// Breaker: trials admitted at once while half-open (count).
+pub const DEFAULT_BREAKER_HALF_OPEN_REQUESTS: u64 = 1;
+/// Breaker: with an error rate, the fewest requests in the window it applies to (count).
+pub const DEFAULT_BREAKER_MIN_REQUESTS: u64 = 20;
+/// Fallback: largest request body kept for a replay after sending, 64 KiB (bytes).
+pub const DEFAULT_FALLBACK_BODY_LIMIT: u64 = 64 * 1024;

@@ -152,6 +152,38 @@ pub struct FileUpstream {
     pub pool_idle_timeout_ms: Option<Spanned<u64>>,
     /// Idle connections kept per upstream.
     pub pool_max_idle: Option<Spanned<u64>>,
+    /// A circuit breaker for this upstream; none when absent.
+    pub breaker: Option<Spanned<FileBreaker>>,
+}
+
+/// `breaker = { failures = 5, window_seconds = 60, open_seconds = 30, half_open_requests = 1 }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBreaker {
+    /// Failures within the window that open the breaker.
+    pub failures: Option<Spanned<u64>>,
+    /// The sliding window, seconds.
+    pub window_seconds: Option<Spanned<u64>>,
+    /// How long the breaker stays open, seconds.
+    pub open_seconds: Option<Spanned<u64>>,
+    /// Trials admitted at once while half-open.
+    pub half_open_requests: Option<Spanned<u64>>,
+    /// Also open at this failure percentage over the window ...
+    pub error_rate_percent: Option<Spanned<f64>>,
+    /// ... once it holds at least this many requests.
+    pub min_requests: Option<Spanned<u64>>,
+    /// Statuses that count as failures: `"500-599"`, `"429"`; default `["500-599"]`.
+    pub failure_statuses: Option<Vec<Spanned<String>>>,
+}
+
+/// `fallback = "safe" | "never"`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FileFallback {
+    /// Replay on the monolith when that is safe.
+    Safe,
+    /// Never replay.
+    Never,
 }
 
 /// One `[[routes]]` entry.
@@ -177,4 +209,8 @@ pub struct FileRoute {
     pub segments: Option<Vec<Spanned<String>>>,
     /// Side for callers without a sticky key while the dial is partial; default monolith.
     pub anonymous: Option<Spanned<FileSide>>,
+    /// Replay failed service requests on the monolith when safe; default `safe`.
+    pub fallback: Option<Spanned<FileFallback>>,
+    /// Largest body kept for a replay after sending (bytes); default 65536.
+    pub fallback_body_limit: Option<Spanned<u64>>,
 }

@@ -157,6 +157,9 @@ pub struct RequestCtx {
     /// Why authentication refused the request (`expired`, `bad-signature`, ...), for
     /// metrics. Set by authentication.
     pub auth_failure: Option<&'static str>,
+    /// Why a request meant for the service was answered by the monolith (`breaker_open`,
+    /// `connect_error`, `timeout`, `status_5xx`, ...). Set by forwarding.
+    pub fallback: Option<&'static str>,
 }
 
 impl RequestCtx {
@@ -170,6 +173,7 @@ impl RequestCtx {
             upstream: None,
             identity: None,
             auth_failure: None,
+            fallback: None,
         }
     }
 }

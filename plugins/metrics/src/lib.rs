@@ -119,6 +119,9 @@ impl Plugin for RequestMetrics {
             // Refusals are the slow path; a label lookup here costs nothing that matters.
             counter!(names::AUTH_FAILURES_TOTAL, "route" => handles.route.clone(), "reason" => reason).increment(1);
         }
+        if let Some(reason) = ctx.fallback {
+            counter!(names::FALLBACKS_TOTAL, "route" => handles.route.clone(), "reason" => reason).increment(1);
+        }
         let Some(slot) = handles.slot(ctx.target.map_or(NONE_SLOT, Target::index)) else {
             return;
         };

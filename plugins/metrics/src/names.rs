@@ -11,6 +11,13 @@ pub const REQUEST_DURATION_SECONDS: &str = "gateway_request_duration_seconds";
 pub const AUTH_FAILURES_TOTAL: &str = "gateway_auth_failures_total";
 /// Gauge: a route's configured dial, in percent (0 to 100).
 pub const ROLLOUT_PERCENT: &str = "gateway_rollout_percent";
+/// Counter: requests meant for the service that the monolith answered, by `route` and
+/// `reason` (breaker_open, connect_error, timeout, status_5xx, exchange_error).
+pub const FALLBACKS_TOTAL: &str = "gateway_fallbacks_total";
+/// Gauge: a breaker's state by `upstream`: 0 closed, 1 open, 2 half-open.
+pub const CIRCUIT_STATE: &str = "gateway_circuit_state";
+/// Counter: breaker state changes by `upstream` and `to` (closed, open, half_open).
+pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "gateway_circuit_transitions_total";
 /// Counter: config reload attempts, by `result` (ok|error).
 pub const CONFIG_RELOADS_TOTAL: &str = "gateway_config_reloads_total";
 /// Gauge: version of the config snapshot being served (1 for the first load).

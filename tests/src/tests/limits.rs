@@ -11,10 +11,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::*;
 
+/// A route to `url` that answers errors itself: these tests are about the gateway's own
+/// 502/504, so replaying on the monolith is turned off (see the breaker tests for that).
 fn route_to(name: &str, url: &str, timeout_ms: u64) -> String {
     format!(
         "\n[upstreams.{name}]\nurl = \"{url}\"\ntimeout_ms = {timeout_ms}\nconnect_timeout_ms = 300\n\
-         [[routes]]\nname = \"{name}\"\nprefix = \"/{name}\"\nservice = \"{name}\"\n"
+         [[routes]]\nname = \"{name}\"\nprefix = \"/{name}\"\nservice = \"{name}\"\nfallback = \"never\"\n"
     )
 }
 
