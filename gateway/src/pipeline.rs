@@ -175,10 +175,8 @@ async fn run(
             }
         },
         _ => {
-            if diverted {
-                if let Some(service) = &route.service {
-                    fell_back(ctx, route, service, FALLBACK_BREAKER_OPEN);
-                }
+            if let (true, Some(service)) = (diverted, &route.service) {
+                fell_back(ctx, route, service, FALLBACK_BREAKER_OPEN);
             }
             Request::from_parts(parts, Either::Left(body))
         }
@@ -190,7 +188,7 @@ async fn run(
     }
     match call(monolith, request).await {
         Ok(response) => Ok(response),
-        Err(failure) => Err(call_rejection(&failure.error)),
+        Err(failure) => Err(call_rejection(&failure)),
     }
 }
 
@@ -267,17 +265,12 @@ async fn call_service(
             ServiceResult::FallBack { request, reason: "status_5xx" }
         }
         Ok(response) => ServiceResult::Answered(response),
-        Err(CallFailure { error: CallError::Upstream(UpstreamError::BodyTooLarge), .. }) => {
+        Err(CallFailure::Failed { error: UpstreamError::BodyTooLarge, .. }) => {
             ServiceResult::Failed(UpstreamError::BodyTooLarge)
         }
         // An open breaker routes to the monolith whatever `fallback` says.
-        Err(CallFailure { error: CallError::BreakerOpen { .. }, unsent: Some(request) }) => {
-            ServiceResult::FallBack { request, reason: FALLBACK_BREAKER_OPEN }
-        }
-        Err(CallFailure { error: CallError::BreakerOpen { .. }, unsent: None }) => {
-            unreachable!("a refused request is always handed back")
-        }
-        Err(CallFailure { error: CallError::Upstream(error), unsent }) => {
+        Err(CallFailure::Refused { request, .. }) => ServiceResult::FallBack { request, reason: FALLBACK_BREAKER_OPEN },
+        Err(CallFailure::Failed { error, unsent }) => {
             let reason = match error {
                 UpstreamError::Connect { .. } => "connect_error",
                 UpstreamError::Timeout { .. } => "timeout",
@@ -296,17 +289,11 @@ fn replay_of(copy: Option<(http::request::Parts, Bytes)>) -> Option<Request<Upst
 }
 
 /// Why a call did not produce a response head.
-enum CallError {
-    /// The upstream's breaker refused the call.
-    BreakerOpen { retry_after: std::time::Duration },
-    /// The exchange failed.
-    Upstream(UpstreamError),
-}
-
-struct CallFailure {
-    error: CallError,
-    /// The request, when it never left the gateway.
-    unsent: Option<Request<UpstreamBody>>,
+enum CallFailure {
+    /// The upstream's breaker refused the call; the request, untouched, comes back.
+    Refused { retry_after: std::time::Duration, request: Request<UpstreamBody> },
+    /// The exchange failed; `unsent` is the request when it never left the gateway.
+    Failed { error: UpstreamError, unsent: Option<Request<UpstreamBody>> },
 }
 
 /// Calls `upstream` through its circuit breaker, if it has one, and reports the outcome:
@@ -320,9 +307,7 @@ async fn call(upstream: &Upstream, request: Request<UpstreamBody>) -> Result<Res
             report_transition(&upstream.name, transition);
             match admission {
                 Admission::Admitted(permit) => Some(permit),
-                Admission::Refused { retry_after } => {
-                    return Err(CallFailure { error: CallError::BreakerOpen { retry_after }, unsent: Some(request) });
-                }
+                Admission::Refused { retry_after } => return Err(CallFailure::Refused { retry_after, request }),
             }
         }
     };
@@ -339,14 +324,14 @@ async fn call(upstream: &Upstream, request: Request<UpstreamBody>) -> Result<Res
     }
     result.map_err(|failure| {
         tracing::debug!(upstream = %upstream.name, error = %failure.error, "upstream exchange failed");
-        CallFailure { error: CallError::Upstream(failure.error), unsent: failure.unsent }
+        CallFailure::Failed { error: failure.error, unsent: failure.unsent }
     })
 }
 
-fn call_rejection(error: &CallError) -> Rejection {
-    match error {
-        CallError::Upstream(error) => error::upstream_failed(error),
-        CallError::BreakerOpen { retry_after } => {
+fn call_rejection(failure: &CallFailure) -> Rejection {
+    match failure {
+        CallFailure::Failed { error, .. } => error::upstream_failed(error),
+        CallFailure::Refused { retry_after, .. } => {
             let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
             Rejection::new(StatusCode::SERVICE_UNAVAILABLE, "breaker-open", "the upstream's circuit breaker is open")
                 .with_header(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)))

@@ -1208,6 +1208,54 @@ timeout_ms = 2000
     }
 
     #[test]
+    fn bad_breaker_and_fallback_snippets_name_line_column_and_key() {
+        let with_breaker =
+            |breaker: &str| BASE.replace("timeout_ms = 2000", &format!("timeout_ms = 2000\nbreaker = {{ {breaker} }}"));
+        let route = |extra: &str| {
+            format!("{BASE}\n[[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\n{extra}\n")
+        };
+        let cases: Vec<(String, &str)> = vec![
+            (
+                with_breaker("failures = 0"),
+                "12:24: upstreams.users.breaker.failures: must be between 1 and 1000000 failures, got 0",
+            ),
+            (
+                with_breaker("failure_statuses = [\"5xx\"]"),
+                "upstreams.users.breaker.failure_statuses[0]: \"5xx\" is not a status (\"503\") or a range (\"500-599\")",
+            ),
+            (with_breaker("failure_statuses = [\"599-500\"]"), "\"599-500\" is not a status"),
+            (
+                with_breaker("error_rate_percent = 150.0"),
+                "upstreams.users.breaker.error_rate_percent: must be above 0 and at most 100, got 150",
+            ),
+            (
+                with_breaker("min_requests = 10"),
+                "upstreams.users.breaker.min_requests: min_requests applies to error_rate_percent, which is not set",
+            ),
+            (with_breaker("flures = 3"), "upstreams.users.breaker.flures: unknown field `flures`"),
+            (
+                route("fallback = \"sometimes\""),
+                "17:12: routes[0].fallback: unknown variant `sometimes`, expected `safe` or `never`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let got = errors(&text);
+            assert!(
+                got.iter().any(|e| e.contains(expected)),
+                "expected {expected:?} in {got:#?}\n--- config ---\n{text}"
+            );
+        }
+        let good = with_breaker(
+            "failures = 3, error_rate_percent = 50.0, min_requests = 10, failure_statuses = [\"502-504\", \"429\"]",
+        );
+        let snapshot = compile(Path::new("routes.toml"), &good, 1).unwrap_or_else(|e| panic!("{e}"));
+        let users = &snapshot.upstreams["users"];
+        assert!(users.is_failure_status(429) && users.is_failure_status(503) && !users.is_failure_status(500));
+        assert_eq!(users.breaker.as_ref().expect("a breaker").settings().failures, 3);
+        assert!(snapshot.upstreams["monolith"].breaker.is_none());
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let text = BASE
             .replace("listen = \"127.0.0.1:8080\"", "listen = \"nope\"")

@@ -8,7 +8,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,10 +39,10 @@ pub struct Recorded {
 }
 
 /// Builder for a mock upstream.
-#[derive(Clone)]
 pub struct MockUpstream {
     name: String,
-    status: StatusCode,
+    /// Changeable while running, through [`RunningMock::set_status`].
+    status: AtomicU16,
     latency: Duration,
     headers: Vec<(HeaderName, HeaderValue)>,
     body: Option<Bytes>,
@@ -54,7 +54,7 @@ impl MockUpstream {
     pub fn new(name: &str) -> Self {
         MockUpstream {
             name: name.to_owned(),
-            status: StatusCode::OK,
+            status: AtomicU16::new(200),
             latency: Duration::ZERO,
             headers: Vec::new(),
             body: None,
@@ -69,8 +69,9 @@ impl MockUpstream {
     }
 
     /// Answers with this status.
-    pub fn status(mut self, status: u16) -> Self {
-        self.status = StatusCode::from_u16(status).expect("a valid status");
+    pub fn status(self, status: u16) -> Self {
+        StatusCode::from_u16(status).expect("a valid status");
+        self.status.store(status, Ordering::SeqCst);
         self
     }
 
@@ -100,8 +101,8 @@ impl MockUpstream {
         let recorded = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
         let behaviour = Arc::new(self);
-        let task = tokio::spawn(accept_loop(listener, behaviour, recorded.clone(), connections.clone()));
-        RunningMock { addr, recorded, connections, task }
+        let task = tokio::spawn(accept_loop(listener, behaviour.clone(), recorded.clone(), connections.clone()));
+        RunningMock { addr, recorded, connections, behaviour, task }
     }
 }
 
@@ -111,6 +112,7 @@ pub struct RunningMock {
     pub addr: SocketAddr,
     recorded: Arc<Mutex<Vec<Recorded>>>,
     connections: Arc<AtomicUsize>,
+    behaviour: Arc<MockUpstream>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -123,6 +125,11 @@ impl RunningMock {
     /// Every request received so far.
     pub fn requests(&self) -> Vec<Recorded> {
         self.recorded.lock().expect("the recorder lock is never poisoned").clone()
+    }
+
+    /// Answers with `status` from now on (a service failing, or healing).
+    pub fn set_status(&self, status: u16) {
+        self.behaviour.status.store(status, Ordering::SeqCst);
     }
 
     /// How many TCP connections were accepted.
@@ -194,7 +201,7 @@ async fn answer(
         .clone()
         .unwrap_or_else(|| Bytes::from(serde_json::json!({ "served_by": behaviour.name, "path": path }).to_string()));
     let mut response = Response::new(Full::new(body));
-    *response.status_mut() = behaviour.status;
+    *response.status_mut() = StatusCode::from_u16(behaviour.status.load(Ordering::SeqCst)).expect("validated");
     for (name, value) in &behaviour.headers {
         response.headers_mut().append(name.clone(), value.clone());
     }

@@ -1,5 +1,6 @@
 mod admin;
 mod auth;
+mod breaker;
 mod config;
 mod hygiene;
 mod lifecycle;
