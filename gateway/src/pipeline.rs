@@ -242,17 +242,32 @@ async fn call_service(
         && is_idempotent(&parts.method)
         && body.size_hint().upper().is_some_and(|upper| upper <= route.fallback.body_limit);
     let (request, replay_copy) = if replayable_after_send {
-        let bytes = match http_body_util::BodyExt::collect(body).await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) => {
-                return ServiceResult::BodyError(if e.is::<http_body_util::LengthLimitError>() {
-                    error::body_too_large(route.fallback.body_limit)
-                } else {
-                    Rejection::new(StatusCode::BAD_REQUEST, "body-read-failed", "the request body could not be read")
-                });
+        // Most such requests (GETs) have no body: nothing to read.
+        let bytes = if body.is_end_stream() {
+            Bytes::new()
+        } else {
+            match http_body_util::BodyExt::collect(body).await {
+                Ok(collected) => collected.to_bytes(),
+                Err(e) => {
+                    return ServiceResult::BodyError(if e.is::<http_body_util::LengthLimitError>() {
+                        error::body_too_large(route.fallback.body_limit)
+                    } else {
+                        Rejection::new(
+                            StatusCode::BAD_REQUEST,
+                            "body-read-failed",
+                            "the request body could not be read",
+                        )
+                    });
+                }
             }
         };
-        let copy = (parts.clone(), bytes.clone());
+        // A replay needs the request line and headers, not hyper's per-request extensions.
+        let copy = ReplayCopy {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+            body: bytes.clone(),
+        };
         (Request::from_parts(parts, Either::Right(Full::new(bytes))), Some(copy))
     } else {
         (Request::from_parts(parts, Either::Left(body)), None)
@@ -284,8 +299,23 @@ async fn call_service(
     }
 }
 
-fn replay_of(copy: Option<(http::request::Parts, Bytes)>) -> Option<Request<UpstreamBody>> {
-    copy.map(|(parts, bytes)| Request::from_parts(parts, Either::Right(Full::new(bytes))))
+/// What a replay after sending needs: the request without hyper's extensions.
+struct ReplayCopy {
+    method: Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+fn replay_of(copy: Option<ReplayCopy>) -> Option<Request<UpstreamBody>> {
+    copy.map(|copy| {
+        let mut request = Request::new(Either::Right(Full::new(copy.body)));
+        *request.method_mut() = copy.method;
+        *request.uri_mut() = copy.uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = copy.headers;
+        request
+    })
 }
 
 /// Why a call did not produce a response head.
