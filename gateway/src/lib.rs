@@ -14,6 +14,7 @@
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
 
 pub mod admin;
+pub mod aggregate;
 pub mod clock;
 pub mod config;
 pub mod demo;

@@ -75,10 +75,9 @@ pub async fn handle(snapshot: Arc<Snapshot>, request: Request<Incoming>, peer: &
         snapshot,
     };
     let mut response = match run(&in_flight.snapshot, &mut in_flight.ctx, request, peer).await {
-        Ok(response) => {
-            let (mut parts, body) = response.into_parts();
-            headers::strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, Either::Left(body))
+        Ok(mut response) => {
+            headers::strip_hop_by_hop(response.headers_mut());
+            response
         }
         Err(rejection) => {
             let code = rejection.code;
@@ -105,7 +104,7 @@ async fn run(
     ctx: &mut RequestCtx,
     request: Request<Incoming>,
     peer: &Peer,
-) -> Result<Response<PooledBody>, Rejection> {
+) -> Result<Response<ResponseBody>, Rejection> {
     let (mut parts, body) = request.into_parts();
 
     // Phase: normalise. One spelling of the path for auth, routing and the upstream.
@@ -135,6 +134,12 @@ async fn run(
 
     // Phase: select target (breaker > segment > dial, in gateway_plugin_rollout::decide).
     let client_ip = client_ip(peer.ip, &parts.headers, &snapshot.server.trusted_proxies);
+    if let Some(aggregate) = &route.aggregate {
+        // Phase: aggregate (instead of forward). Route parts decide with this caller.
+        let identity = ctx.identity.clone();
+        let caller = Caller { identity: identity.as_deref(), headers: &parts.headers, client_ip: Some(client_ip) };
+        return Ok(crate::aggregate::serve(snapshot, ctx, &parts, &caller, aggregate).await);
+    }
     let caller = Caller { identity: ctx.identity.as_deref(), headers: &parts.headers, client_ip: Some(client_ip) };
     let service_open =
         route.service.as_ref().and_then(|s| s.breaker.as_ref()).is_some_and(|b| b.would_refuse(clock::now()));
@@ -166,7 +171,7 @@ async fn run(
 
     let mut request = match (&route.service, target) {
         (Some(service), Target::Service) => match call_service(route, service, parts, body).await {
-            ServiceResult::Answered(response) => return Ok(response),
+            ServiceResult::Answered(response) => return Ok(response.map(Either::Left)),
             ServiceResult::Failed(error) => return Err(error::upstream_failed(&error)),
             ServiceResult::BodyError(rejection) => return Err(rejection),
             ServiceResult::FallBack { request, reason } => {
@@ -187,7 +192,7 @@ async fn run(
         request.headers_mut().insert(header::HOST, monolith.host_header().clone());
     }
     match call(monolith, request).await {
-        Ok(response) => Ok(response),
+        Ok(response) => Ok(response.map(Either::Left)),
         Err(failure) => Err(call_rejection(&failure)),
     }
 }
@@ -319,7 +324,7 @@ fn replay_of(copy: Option<ReplayCopy>) -> Option<Request<UpstreamBody>> {
 }
 
 /// Why a call did not produce a response head.
-enum CallFailure {
+pub(crate) enum CallFailure {
     /// The upstream's breaker refused the call; the request, untouched, comes back.
     Refused { retry_after: std::time::Duration, request: Request<UpstreamBody> },
     /// The exchange failed; `unsent` is the request when it never left the gateway.
@@ -329,7 +334,10 @@ enum CallFailure {
 /// Calls `upstream` through its circuit breaker, if it has one, and reports the outcome:
 /// a connect error, a timeout, a broken exchange or a failure status count as failures;
 /// a body over the limit is the client's doing and counts as neither.
-async fn call(upstream: &Upstream, request: Request<UpstreamBody>) -> Result<Response<PooledBody>, CallFailure> {
+pub(crate) async fn call(
+    upstream: &Upstream,
+    request: Request<UpstreamBody>,
+) -> Result<Response<PooledBody>, CallFailure> {
     let permit = match &upstream.breaker {
         None => None,
         Some(breaker) => {

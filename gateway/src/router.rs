@@ -14,6 +14,8 @@ use gateway_plugin_api::RouteId;
 /// Maps normalised paths to routes; built once per config snapshot.
 #[derive(Debug)]
 pub struct Router {
+    /// Lower-case exact path -> aggregate; checked before prefixes.
+    exact: HashMap<String, RouteId>,
     /// Lower-case prefix -> route.
     prefixes: HashMap<String, RouteId>,
     /// Returned when nothing matches: the route to `server.default_upstream`.
@@ -24,16 +26,27 @@ impl Router {
     /// A router over `(prefix, route)` pairs; prefixes must be lower case, without a
     /// trailing `/` (except the root) and unique, which config validation guarantees.
     pub fn new(prefixes: impl IntoIterator<Item = (String, RouteId)>, default: RouteId) -> Self {
-        Router { prefixes: prefixes.into_iter().collect(), default }
+        Router { exact: HashMap::new(), prefixes: prefixes.into_iter().collect(), default }
+    }
+
+    /// Adds exact-path entries (aggregates), which win over any prefix.
+    pub fn with_exact_paths(mut self, paths: impl IntoIterator<Item = (String, RouteId)>) -> Self {
+        self.exact = paths.into_iter().collect();
+        self
     }
 
     /// The route for a normalised path: the longest prefix that ends on a segment
     /// boundary, or the default route.
     pub fn find(&self, path: &str) -> RouteId {
-        if self.prefixes.is_empty() {
+        if self.prefixes.is_empty() && self.exact.is_empty() {
             return self.default;
         }
         let key = match_key(path);
+        if !self.exact.is_empty() {
+            if let Some(route) = self.exact.get(key.trim_end_matches('/')).or_else(|| self.exact.get(&*key)) {
+                return *route;
+            }
+        }
         let mut candidate: &str = &key;
         loop {
             if let Some(route) = self.prefixes.get(candidate) {
@@ -117,6 +130,14 @@ mod tests {
         assert_eq!(r.find("/"), RouteId(0));
         assert_eq!(r.find("/x/y"), RouteId(0));
         assert_eq!(r.find("/api/y"), RouteId(1));
+    }
+
+    #[test]
+    fn exact_paths_win_over_prefixes() {
+        let r = router().with_exact_paths([("/api/users/dashboard".to_owned(), RouteId(5))]);
+        assert_eq!(r.find("/api/users/dashboard"), RouteId(5));
+        assert_eq!(r.find("/API/Users/Dashboard/"), RouteId(5));
+        assert_eq!(r.find("/api/users/dashboard/x"), RouteId(0), "exact means exact");
     }
 
     #[test]

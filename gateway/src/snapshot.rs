@@ -72,6 +72,9 @@ pub struct Route {
     pub policy: Option<RoutePolicy>,
     /// Replaying failed service requests on the monolith.
     pub fallback: Fallback,
+    /// For an aggregate endpoint: its parts. Aggregates sit after the routes and before
+    /// the default route in the table; their `prefix` is `None`.
+    pub aggregate: Option<Arc<gateway_plugin_aggregate::Aggregate>>,
 }
 
 /// A route's `fallback` settings.

@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use gateway_plugin_aggregate::{Aggregate, Part, PartSource};
 use gateway_plugin_api::Target;
 use gateway_plugin_api::{DEFAULT_ROUTE_LABEL, Plugin, RouteId};
 use gateway_plugin_auth::{AuthMode, AuthPlugin, Authenticator, KeySet, SystemClock, Verifier};
@@ -27,8 +28,8 @@ use toml::Spanned;
 use super::defaults::*;
 use super::error::{ConfigError, Diagnostic, SourceMap};
 use super::file::{
-    FileAudience, FileAuth, FileAuthMode, FileBreaker, FileConfig, FileFallback, FileRoute, FileSegment, FileServer,
-    FileSide, FileUpstream,
+    FileAggregate, FileAudience, FileAuth, FileAuthMode, FileBreaker, FileConfig, FileFallback, FileRoute, FileSegment,
+    FileServer, FileSide, FileUpstream,
 };
 use crate::normalize::normalize_path;
 use crate::router::Router;
@@ -97,6 +98,7 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 /// A config that passed every check.
 struct Checked {
+    aggregates: Vec<(Aggregate, AuthMode)>,
     server: ServerSettings,
     default_upstream: String,
     default_auth: AuthMode,
@@ -176,7 +178,18 @@ impl Checker<'_> {
                 },
             ));
         }
+        let route_names_in_file: HashSet<&str> = file.routes.iter().map(|r| r.name.get_ref().as_str()).collect();
+        let default_mode = if has_auth { AuthMode::Required } else { AuthMode::Off };
+        let mut aggregate_paths = HashSet::new();
+        let mut aggregates = Vec::new();
+        for aggregate in &file.aggregates {
+            let mode = self.auth_mode(&aggregate.auth, has_auth, default_mode);
+            let checked =
+                self.check_aggregate(aggregate, &mut route_names, &names, &route_names_in_file, &mut aggregate_paths);
+            aggregates.extend(checked.map(|a| (a, mode)));
+        }
         Some(Checked {
+            aggregates,
             server: server?,
             default_upstream: file.server.default_upstream.get_ref().clone(),
             default_auth,
@@ -618,6 +631,116 @@ impl Checker<'_> {
         checked
     }
 
+    fn check_aggregate(
+        &mut self,
+        aggregate: &FileAggregate,
+        names: &mut HashSet<String>,
+        upstreams: &HashSet<&str>,
+        routes: &HashSet<&str>,
+        paths: &mut HashSet<String>,
+    ) -> Option<Aggregate> {
+        let mut ok = true;
+        let name = aggregate.name.get_ref();
+        if !is_identifier(name) || name.starts_with('_') {
+            self.error(
+                span(&aggregate.name),
+                "aggregate names use only a-z, 0-9, '-' and '_', and do not start with '_'",
+            );
+            ok = false;
+        } else if !names.insert(name.clone()) {
+            self.error(span(&aggregate.name), format!("another route or aggregate is named \"{name}\""));
+            ok = false;
+        }
+        let path = aggregate.path.get_ref();
+        match prefix_problem(path) {
+            Some(problem) => {
+                self.error(span(&aggregate.path), format!("\"{path}\": {}", problem.replace("prefix", "path")));
+                ok = false;
+            }
+            None if !paths.insert(path.to_ascii_lowercase()) => {
+                self.error(span(&aggregate.path), format!("another aggregate answers \"{path}\""));
+                ok = false;
+            }
+            None => {}
+        }
+        let timeout = self.bounded(&aggregate.timeout_ms, DEFAULT_AGGREGATE_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
+        let max_part_bytes =
+            self.bounded(&aggregate.max_part_bytes, DEFAULT_MAX_PART_BYTES, 1, 64 * 1024 * 1024, "bytes");
+        if aggregate.parts.get_ref().is_empty() {
+            self.error(span(&aggregate.parts), "list at least one part");
+            ok = false;
+        }
+        let mut part_names = HashSet::new();
+        let mut parts = Vec::new();
+        for part in aggregate.parts.get_ref() {
+            let part_name = part.name.get_ref();
+            if part_name.is_empty() || part_name.starts_with('_') || !part_names.insert(part_name.clone()) {
+                self.error(
+                    span(&part.name),
+                    format!("part names are unique and do not start with '_' (\"{part_name}\")"),
+                );
+                ok = false;
+            }
+            let source = match (&part.upstream, &part.route) {
+                (Some(upstream), None) if upstreams.contains(upstream.get_ref().as_str()) => {
+                    Some(PartSource::Upstream(Arc::from(upstream.get_ref().as_str())))
+                }
+                (Some(upstream), None) => {
+                    self.error(span(upstream), format!("unknown upstream \"{}\"", upstream.get_ref()));
+                    None
+                }
+                (None, Some(route)) if routes.contains(route.get_ref().as_str()) => {
+                    Some(PartSource::Route(Arc::from(route.get_ref().as_str())))
+                }
+                (None, Some(route)) => {
+                    self.error(span(route), format!("unknown route \"{}\"", route.get_ref()));
+                    None
+                }
+                _ => {
+                    self.error(span(&part.name), "a part names exactly one of upstream or route");
+                    None
+                }
+            };
+            let part_path = part.path.get_ref();
+            if !part_path.starts_with('/') || part_path.parse::<http::uri::PathAndQuery>().is_err() {
+                self.error(span(&part.path), format!("\"{part_path}\" is not a path (and query) starting with '/'"));
+                ok = false;
+            }
+            let part_timeout = match &part.timeout_ms {
+                Some(t) if *t.get_ref() == 0 || *t.get_ref() > timeout => {
+                    self.error(
+                        span(t),
+                        format!("must be between 1 and the aggregate's timeout_ms ({timeout}), got {}", t.get_ref()),
+                    );
+                    timeout
+                }
+                Some(t) => *t.get_ref(),
+                None => timeout,
+            };
+            let default =
+                part.default.as_ref().map(|value| serde_json::to_value(value).unwrap_or(serde_json::Value::Null));
+            if let Some(source) = source {
+                parts.push(Part {
+                    name: Arc::from(part_name.as_str()),
+                    source,
+                    path: part_path.clone(),
+                    required: part.required.unwrap_or(true),
+                    timeout: Duration::from_millis(part_timeout),
+                    default,
+                });
+            } else {
+                ok = false;
+            }
+        }
+        ok.then(|| Aggregate {
+            name: Arc::from(name.as_str()),
+            path: path.clone(),
+            timeout: Duration::from_millis(timeout),
+            max_part_bytes: max_part_bytes as usize,
+            parts,
+        })
+    }
+
     /// The route's rollout: dial, sticky key, segments and the side for keyless callers.
     fn check_policy(
         &mut self,
@@ -826,8 +949,22 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>) -> Sna
             monolith: if r.monolith.is_empty() { default_monolith.clone() } else { upstream(&r.monolith) },
             policy: Some(r.policy),
             fallback: r.fallback,
+            aggregate: None,
         })
         .collect();
+    for (aggregate, mode) in checked.aggregates {
+        auth_modes.insert(routes.len(), mode);
+        routes.push(Route {
+            id: RouteId(routes.len()),
+            name: aggregate.name.clone(),
+            prefix: None,
+            service: None,
+            monolith: default_monolith.clone(),
+            policy: None,
+            fallback: Fallback { enabled: false, body_limit: 0 },
+            aggregate: Some(Arc::new(aggregate)),
+        });
+    }
     let default_id = RouteId(routes.len());
     routes.push(Route {
         id: default_id,
@@ -837,11 +974,13 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>) -> Sna
         monolith: default_monolith,
         policy: None,
         fallback: Fallback { enabled: false, body_limit: 0 },
+        aggregate: None,
     });
     let router = Router::new(
         routes.iter().filter_map(|r| r.prefix.as_ref().map(|p| (p.to_ascii_lowercase(), r.id))),
         default_id,
-    );
+    )
+    .with_exact_paths(routes.iter().filter_map(|r| r.aggregate.as_ref().map(|a| (a.path.to_ascii_lowercase(), r.id))));
     let labels: Vec<RouteLabels> = routes
         .iter()
         .map(|r| RouteLabels {
@@ -849,6 +988,7 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>) -> Sna
             monolith_upstream: r.monolith.name.to_string(),
             service_upstream: r.service.as_ref().map(|s| s.name.to_string()),
             rollout_percent: r.policy.as_ref().map(|p| p.percent.percent()),
+            aggregate: r.aggregate.is_some(),
         })
         .collect();
     // Handles registered before a recorder exists would count into nothing.

@@ -42,3 +42,7 @@ pub const DEFAULT_BREAKER_HALF_OPEN_REQUESTS: u64 = 1;
 pub const DEFAULT_BREAKER_MIN_REQUESTS: u64 = 20;
 /// Fallback: largest request body kept for a replay after sending, 64 KiB (bytes).
 pub const DEFAULT_FALLBACK_BODY_LIMIT: u64 = 64 * 1024;
+/// Aggregate: the whole call's time limit, 2 seconds (milliseconds).
+pub const DEFAULT_AGGREGATE_TIMEOUT_MS: u64 = 2_000;
+/// Aggregate: largest part body read, 1 MiB (bytes).
+pub const DEFAULT_MAX_PART_BYTES: u64 = 1024 * 1024;

@@ -27,6 +27,47 @@ pub struct FileConfig {
     /// `[segments.<name>]`: groups of callers that always get the service.
     #[serde(default)]
     pub segments: BTreeMap<Spanned<String>, FileSegment>,
+    /// `[[aggregates]]`: one call answered by several parts fetched in parallel.
+    #[serde(default)]
+    pub aggregates: Vec<FileAggregate>,
+}
+
+/// One `[[aggregates]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAggregate {
+    /// Name: metric label; unique among routes and aggregates.
+    pub name: Spanned<String>,
+    /// The exact path it answers.
+    pub path: Spanned<String>,
+    /// What it asks of the caller; default `required` when `[auth]` exists.
+    pub auth: Option<Spanned<FileAuthMode>>,
+    /// The whole call's time limit, ms.
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// Largest part body read, bytes.
+    pub max_part_bytes: Option<Spanned<u64>>,
+    /// The parts.
+    pub parts: Spanned<Vec<FilePart>>,
+}
+
+/// One part of an aggregate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePart {
+    /// Key in the reply.
+    pub name: Spanned<String>,
+    /// A named upstream ...
+    pub upstream: Option<Spanned<String>>,
+    /// ... or a route, whose side for this caller answers.
+    pub route: Option<Spanned<String>>,
+    /// Path (and query) requested with GET.
+    pub path: Spanned<String>,
+    /// A failure fails the whole reply; default true.
+    pub required: Option<bool>,
+    /// This part's time limit, ms; default the aggregate's.
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// JSON used when a non-required part fails.
+    pub default: Option<toml::Value>,
 }
 
 /// `[segments.<name>]`: a claim test, or a header that equals a value.

@@ -34,6 +34,8 @@ pub struct RouteLabels {
     pub service_upstream: Option<String>,
     /// The dial, in percent, for routes with a service side.
     pub rollout_percent: Option<f64>,
+    /// An aggregate endpoint (its requests have `target="aggregate"`).
+    pub aggregate: bool,
 }
 
 /// Handles for one (route, target) pair.
@@ -70,6 +72,9 @@ fn register_route(labels: &RouteLabels) -> RouteHandles {
     upstreams[Target::Monolith.index()] = Some(labels.monolith_upstream.clone());
     upstreams[Target::Service.index()] = labels.service_upstream.clone();
     upstreams[NONE_SLOT] = Some(names::UPSTREAM_NONE.to_owned());
+    if labels.aggregate {
+        upstreams[Target::Aggregate.index()] = Some(names::UPSTREAM_NONE.to_owned());
+    }
     if let Some(percent) = labels.rollout_percent {
         gauge!(names::ROLLOUT_PERCENT, "route" => labels.route.clone()).set(percent);
     }
@@ -164,12 +169,14 @@ mod tests {
                     monolith_upstream: "monolith".into(),
                     service_upstream: Some("users".into()),
                     rollout_percent: Some(25.5),
+                    aggregate: false,
                 },
                 RouteLabels {
                     route: DEFAULT_ROUTE_LABEL.into(),
                     monolith_upstream: "monolith".into(),
                     service_upstream: None,
                     rollout_percent: None,
+                    aggregate: false,
                 },
             ]);
             let mut ctx = RequestCtx::new(HeaderValue::from_static("r1"));

@@ -18,12 +18,17 @@ pub const FALLBACKS_TOTAL: &str = "gateway_fallbacks_total";
 pub const CIRCUIT_STATE: &str = "gateway_circuit_state";
 /// Counter: breaker state changes by `upstream` and `to` (closed, open, half_open).
 pub const CIRCUIT_TRANSITIONS_TOTAL: &str = "gateway_circuit_transitions_total";
+/// Counter: aggregate parts that failed (error, timeout, non-JSON), by `aggregate` and `part`.
+pub const AGGREGATE_PART_FAILURES_TOTAL: &str = "gateway_aggregate_part_failures_total";
+/// Histogram (seconds): time to fetch one aggregate part, by `aggregate` and `part`.
+pub const AGGREGATE_PART_DURATION_SECONDS: &str = "gateway_aggregate_part_duration_seconds";
 /// Counter: config reload attempts, by `result` (ok|error).
 pub const CONFIG_RELOADS_TOTAL: &str = "gateway_config_reloads_total";
 /// Gauge: version of the config snapshot being served (1 for the first load).
 pub const CONFIG_VERSION: &str = "gateway_config_version";
 
-/// Buckets (seconds) of [`REQUEST_DURATION_SECONDS`]: 250 µs to 10 s, dense below 100 ms
+/// Buckets (seconds) of every `_seconds` histogram ([`REQUEST_DURATION_SECONDS`],
+/// [`AGGREGATE_PART_DURATION_SECONDS`]): 250 µs to 10 s, dense below 100 ms
 /// where a proxied API call usually lands, so p50/p99 of fast routes stay readable.
 pub const REQUEST_DURATION_BUCKETS: &[f64] =
     &[0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];

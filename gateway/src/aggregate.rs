@@ -1,0 +1,157 @@
+//! Serving an aggregate: fetch every part in parallel, merge, answer once.
+//!
+//! Each part is a GET to its upstream (through the upstream's pool and breaker), or to the
+//! side its route picks for this caller (the same `Route::decide` as the data plane). Every
+//! part carries the caller's verified identity headers, `x-request-id` and the trace
+//! context. All parts share one deadline, the aggregate's `timeout_ms`, and a part's own
+//! `timeout_ms` can only shorten it, so the whole call never takes longer than the
+//! aggregate's limit.
+
+use bytes::Bytes;
+use gateway_plugin_aggregate::{Aggregate, Part, PartResult, PartSource, merge};
+use gateway_plugin_api::{RequestCtx, Target};
+use gateway_plugin_metrics::names;
+use gateway_plugin_rollout::{Caller, ServiceHealth};
+use http::header::{ACCEPT, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use tokio::time::Instant;
+
+use crate::headers::{X_GATEWAY_ERROR, X_REQUEST_ID};
+use crate::pipeline::{CallFailure, ResponseBody, call};
+use crate::snapshot::Snapshot;
+use crate::upstream::UpstreamError;
+
+/// Set on a reply in which a non-required part failed.
+pub static X_GATEWAY_PARTIAL: HeaderName = HeaderName::from_static("x-gateway-partial");
+
+/// Headers passed from the caller's request to every part, besides the claim headers.
+const FORWARDED_TO_PARTS: [&str; 3] = ["x-request-id", "traceparent", "tracestate"];
+
+/// Answers an aggregate request. `request` is the caller's request head after the
+/// authentication phase (claim headers set from the verified token only).
+pub async fn serve(
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
+    request: &http::request::Parts,
+    caller: &Caller<'_>,
+    aggregate: &Aggregate,
+) -> Response<ResponseBody> {
+    ctx.target = Some(Target::Aggregate);
+    let deadline = Instant::now() + aggregate.timeout;
+    let mut shared = HeaderMap::new();
+    let claim_headers = snapshot.auth.iter().flat_map(|auth| auth.claim_header_names());
+    for name in claim_headers {
+        if let Some(value) = request.headers.get(name) {
+            shared.insert(name.clone(), value.clone());
+        }
+    }
+    for name in FORWARDED_TO_PARTS {
+        if let Some(value) = request.headers.get(name) {
+            shared.insert(HeaderName::from_static(name), value.clone());
+        }
+    }
+    shared.insert(&X_REQUEST_ID, ctx.request_id.clone());
+    shared.insert(ACCEPT, HeaderValue::from_static("application/json"));
+
+    let fetches = aggregate.parts.iter().map(|part| fetch(snapshot, aggregate, part, &shared, caller, deadline));
+    let results = futures_util::future::join_all(fetches).await;
+    let merged = merge(aggregate, results);
+    for part in &merged.failed_parts {
+        metrics::counter!(
+            names::AGGREGATE_PART_FAILURES_TOTAL,
+            "aggregate" => aggregate.name.to_string(),
+            "part" => part.to_string(),
+        )
+        .increment(1);
+    }
+
+    let mut body = merged.body;
+    if merged.failed {
+        body["request_id"] = serde_json::Value::String(ctx.request_id.to_str().unwrap_or("").to_owned());
+    }
+    let bytes = serde_json::to_vec(&body).expect("a JSON value serialises");
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(bytes))));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if merged.failed {
+        *response.status_mut() = StatusCode::BAD_GATEWAY;
+        response.headers_mut().insert(&X_GATEWAY_ERROR, HeaderValue::from_static("aggregate-part-failed"));
+    } else if merged.partial {
+        response.headers_mut().insert(&X_GATEWAY_PARTIAL, HeaderValue::from_static("true"));
+    }
+    response
+}
+
+/// Fetches one part before `deadline` (or its own, earlier, limit).
+async fn fetch(
+    snapshot: &Snapshot,
+    aggregate: &Aggregate,
+    part: &Part,
+    shared: &HeaderMap,
+    caller: &Caller<'_>,
+    deadline: Instant,
+) -> PartResult {
+    let started = Instant::now();
+    let part_deadline = deadline.min(started + part.timeout);
+    let upstream = match &part.source {
+        PartSource::Upstream(name) => snapshot.upstreams.get(&**name),
+        PartSource::Route(name) => snapshot.routes.iter().find(|r| r.name == *name).map(|route| {
+            let open = route
+                .service
+                .as_ref()
+                .and_then(|s| s.breaker.as_ref())
+                .is_some_and(|b| b.would_refuse(crate::clock::now()));
+            route.decide(caller, if open { ServiceHealth::BreakerOpen } else { ServiceHealth::Available }).upstream
+        }),
+    };
+    let Some(upstream) = upstream else {
+        // Validation guarantees the reference; a missing one is reported, not a panic.
+        return PartResult::Failed("unknown_source".to_owned());
+    };
+    let mut request = Request::new(Either::Right(Full::default()));
+    *request.method_mut() = Method::GET;
+    *request.uri_mut() = part.path.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    *request.headers_mut() = shared.clone();
+    request.headers_mut().insert(HOST, upstream.host_header().clone());
+
+    let max = aggregate.max_part_bytes;
+    let exchange = async {
+        let response = match call(upstream, request).await {
+            Ok(response) => response,
+            Err(CallFailure::Refused { .. }) => return PartResult::Failed("breaker_open".to_owned()),
+            Err(CallFailure::Failed { error, .. }) => {
+                return PartResult::Failed(
+                    match error {
+                        UpstreamError::Connect { .. } => "connect_error",
+                        UpstreamError::Timeout { .. } => "timeout",
+                        _ => "exchange_error",
+                    }
+                    .to_owned(),
+                );
+            }
+        };
+        if !response.status().is_success() {
+            return PartResult::Failed(format!("status {}", response.status().as_u16()));
+        }
+        let body = match Limited::new(response.into_body(), max).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return PartResult::Failed("too_large".to_owned()),
+            Err(_) => return PartResult::Failed("exchange_error".to_owned()),
+        };
+        match serde_json::from_slice(&body) {
+            Ok(value) => PartResult::Answered(value),
+            Err(_) => PartResult::Failed("not_json".to_owned()),
+        }
+    };
+    let result = tokio::time::timeout_at(part_deadline, exchange)
+        .await
+        .unwrap_or_else(|_| PartResult::Failed("timeout".to_owned()));
+    metrics::histogram!(
+        names::AGGREGATE_PART_DURATION_SECONDS,
+        "aggregate" => aggregate.name.to_string(),
+        "part" => part.name.to_string(),
+    )
+    .record(started.elapsed().as_secs_f64());
+    result
+}
