@@ -11,6 +11,8 @@ measures, interleaved round by round so drift hits every target alike:
   nginx    1 worker, upstream keepalive
   haproxy  1 thread, http-reuse always
   gateway  1 worker thread, access log off
+  aggregate (separate table)  a 3-part aggregate on the gateway at 4 connections, against
+           one part fetched directly: the aggregate should cost the slowest part + < 1 ms
   gateway, JWT RS256 (cached)  the same, on a route that requires a token; wrk sends one
            valid RS256 token (minted with the test fixture key), so after the first request
            every check is a verified-token cache hit
@@ -43,6 +45,7 @@ PORTS = {"nginx": 18081, "haproxy": 18082, "gateway": 18083, "gateway-jwt": 1808
 GATEWAY_ADMIN_PORTS = {"gateway": 18093, "gateway-jwt": 18094}
 FIXTURE_KEYS = ROOT / "tests" / "fixtures" / "keys"
 PATH = "/api/users/42"
+AGGREGATE_CONNECTIONS = 4
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PROXY_CPU = "0"
 LOAD_CPU = "1"
@@ -129,11 +132,11 @@ def to_ms(value, unit):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def run_wrk(port, duration, connections, headers=()):
+def run_wrk(port, duration, connections, headers=(), path=PATH):
     header_args = [arg for header in headers for arg in ("-H", header)]
     out = subprocess.run(
         pinned(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", *header_args,
-                          f"http://127.0.0.1:{port}{PATH}"]),
+                          f"http://127.0.0.1:{port}{path}"]),
         capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -229,6 +232,17 @@ url = "http://127.0.0.1:{UPSTREAM_PORT}"
 name = "users"
 prefix = "/api/users"
 service = "users"
+
+[[aggregates]]
+name = "dashboard"
+path = "/api/dashboard"
+auth = "off"
+timeout_ms = 2000
+parts = [
+  {{ name = "user", upstream = "users", path = "/api/users/42" }},
+  {{ name = "orders", upstream = "monolith", path = "/api/orders/7" }},
+  {{ name = "profile", route = "users", path = "/api/profile/42" }},
+]
 {auth}"""
 
         jwt_auth = f"""
@@ -294,6 +308,20 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
             print(f"| {name} | {med:,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
                   f"{statistics.median(r['p50'] for r in rs):.3f} | {statistics.median(r['p99'] for r in rs):.3f} | "
                   f"{cpu} | {med / nginx_rps:.2f}x |")
+        # The aggregate at low concurrency: its latency against one part's.
+        print(f"\nAggregate of 3 parts, wrk -t1 -c{AGGREGATE_CONNECTIONS} -d{args.duration}s, {args.rounds} interleaved rounds:\n")
+        agg = {"one part, direct": [], "aggregate of 3 parts (gateway)": []}
+        for _ in range(args.rounds):
+            agg["one part, direct"].append(run_wrk(UPSTREAM_PORT, args.duration, AGGREGATE_CONNECTIONS))
+            agg["aggregate of 3 parts (gateway)"].append(
+                run_wrk(PORTS["gateway"], args.duration, AGGREGATE_CONNECTIONS, path="/api/dashboard"))
+        part_p50 = statistics.median(r["p50"] for r in agg["one part, direct"])
+        print("| target | requests/s median | p50 ms | p99 ms | p50 over one part |")
+        print("|---|---|---|---|---|")
+        for name, rs in agg.items():
+            p50 = statistics.median(r["p50"] for r in rs)
+            print(f"| {name} | {statistics.median(r['rps'] for r in rs):,.0f} | {p50:.3f} | "
+                  f"{statistics.median(r['p99'] for r in rs):.3f} | +{p50 - part_p50:.3f} ms |")
         if args.perf:
             report = subprocess.run(
                 ["perf", "report", "-i", str(ROOT / "bench" / "perf.data"), "--no-children", "--stdio",

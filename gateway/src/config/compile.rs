@@ -1396,6 +1396,57 @@ timeout_ms = 2000
     }
 
     #[test]
+    fn bad_aggregate_snippets_name_line_column_and_key() {
+        let aggregate = |body: &str| format!("{BASE}\n[[aggregates]]\nname = \"dash\"\npath = \"/api/dash\"\n{body}\n");
+        let cases: Vec<(String, &str)> = vec![
+            (aggregate("parts = []"), "16:9: aggregates[0].parts: list at least one part"),
+            (
+                aggregate("parts = [{ name = \"a\", upstream = \"nope\", path = \"/x\" }]"),
+                "aggregates[0].parts[0].upstream: unknown upstream \"nope\"",
+            ),
+            (
+                aggregate("parts = [{ name = \"a\", route = \"nope\", path = \"/x\" }]"),
+                "aggregates[0].parts[0].route: unknown route \"nope\"",
+            ),
+            (
+                aggregate("parts = [{ name = \"a\", path = \"/x\" }]"),
+                "aggregates[0].parts[0].name: a part names exactly one of upstream or route",
+            ),
+            (
+                aggregate("parts = [{ name = \"a\", upstream = \"users\", path = \"x\" }]"),
+                "aggregates[0].parts[0].path: \"x\" is not a path",
+            ),
+            (
+                aggregate("parts = [{ name = \"_errors\", upstream = \"users\", path = \"/x\" }]"),
+                "part names are unique and do not start with '_'",
+            ),
+            (
+                aggregate(
+                    "timeout_ms = 500\nparts = [{ name = \"a\", upstream = \"users\", path = \"/x\", timeout_ms = 900 }]",
+                ),
+                "aggregates[0].parts[0].timeout_ms: must be between 1 and the aggregate's timeout_ms (500), got 900",
+            ),
+            (
+                aggregate("parts = [{ name = \"a\", upstream = \"users\", path = \"/x\" }]")
+                    + "\n[[routes]]\nname = \"dash\"\nprefix = \"/d\"\nservice = \"users\"\n",
+                "another route or aggregate is named \"dash\"",
+            ),
+            (
+                aggregate("parts = [{ name = \"a\", upstream = \"users\", path = \"/x\" }]")
+                    .replace("/api/dash", "/api/dash/"),
+                "aggregates[0].path: \"/api/dash/\": drop the trailing '/'",
+            ),
+        ];
+        for (text, expected) in cases {
+            let got = errors(&text);
+            assert!(
+                got.iter().any(|e| e.contains(expected)),
+                "expected {expected:?} in {got:#?}\n--- config ---\n{text}"
+            );
+        }
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let text = BASE
             .replace("listen = \"127.0.0.1:8080\"", "listen = \"nope\"")

@@ -1,4 +1,5 @@
 mod admin;
+mod aggregate;
 mod auth;
 mod breaker;
 mod config;
