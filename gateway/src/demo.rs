@@ -126,6 +126,16 @@ pub fn try_lines(snapshot: &Snapshot, listen: SocketAddr, admin: SocketAddr) -> 
         snapshot.default_route().monolith.name
     ));
     lines.push(format!("curl -si 'http://{listen}/api/%2e%2e/admin'   # normalised to /admin before routing"));
+    for route in snapshot.routes.iter().filter(|r| r.aggregate.is_some()) {
+        if let Some(aggregate) = &route.aggregate {
+            lines.push(format!(
+                "curl -s -H \"Authorization: Bearer $TOKEN\" http://{listen}{}   # aggregate {}: {} parts in parallel",
+                aggregate.path,
+                aggregate.name,
+                aggregate.parts.len()
+            ));
+        }
+    }
     lines.push(format!("curl -s http://{admin}/metrics | grep '^gateway_requests_total' | grep -v ' 0$'"));
     lines.push(format!("curl -s http://{admin}/admin/config"));
     lines

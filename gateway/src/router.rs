@@ -42,10 +42,10 @@ impl Router {
             return self.default;
         }
         let key = match_key(path);
-        if !self.exact.is_empty() {
-            if let Some(route) = self.exact.get(key.trim_end_matches('/')).or_else(|| self.exact.get(&*key)) {
-                return *route;
-            }
+        if !self.exact.is_empty()
+            && let Some(route) = self.exact.get(key.trim_end_matches('/')).or_else(|| self.exact.get(&*key))
+        {
+            return *route;
         }
         let mut candidate: &str = &key;
         loop {

@@ -29,11 +29,15 @@ fn the_bundled_routes_toml_compiles_to_the_documented_routes() {
         [
             ("users", Some("/api/users"), Some("users"), "monolith"),
             ("orders", Some("/api/orders"), Some("orders"), "monolith"),
+            ("dashboard", None, None, "monolith"),
             ("_default", None, None, "monolith"),
         ]
     );
+    let dashboard = snapshot.routes[2].aggregate.as_ref().expect("an aggregate");
+    let parts: Vec<&str> = dashboard.parts.iter().map(|p| &*p.name).collect();
+    assert_eq!(parts, ["profile", "orders", "news"]);
     use gateway_plugin_auth::AuthMode;
-    assert_eq!(snapshot.auth_modes, [AuthMode::Required, AuthMode::Optional, AuthMode::Off]);
+    assert_eq!(snapshot.auth_modes, [AuthMode::Required, AuthMode::Optional, AuthMode::Required, AuthMode::Off]);
     let verifier = snapshot.auth.as_ref().expect("the bundled config checks tokens").verifier();
     assert_eq!(verifier.issuer(), Some("https://auth.demo.local"));
     assert_eq!(verifier.audiences(), ["api"]);
