@@ -67,6 +67,8 @@ fn respond(gateway: &Gateway, request: &Request<Incoming>) -> Response<Full<Byte
             response
         }
         "/admin/config" => json_response(StatusCode::OK, &config_document(gateway)),
+        "/admin/migration" => json_response(StatusCode::OK, &json!(gateway.migration_report())),
+        "/admin/" | "/admin" => migration_page(gateway),
         _ => {
             let rejection = Rejection::new(StatusCode::NOT_FOUND, "not-found", "no such admin endpoint");
             crate::error::render(rejection, &request_id(request.headers()))
@@ -120,6 +122,18 @@ fn config_document(gateway: &Gateway) -> serde_json::Value {
         "routes": routes,
         "upstreams": upstreams,
     })
+}
+
+/// The migration page: self-contained HTML with the report embedded, refreshed in place.
+const MIGRATION_PAGE: &str = include_str!("assets/migration.html");
+
+fn migration_page(gateway: &Gateway) -> Response<Full<Bytes>> {
+    // "</" inside the embedded JSON could end the script element early.
+    let data = json!(gateway.migration_report()).to_string().replace("</", "<\\/");
+    let page = MIGRATION_PAGE.replace("__MIGRATION_JSON__", &data);
+    let mut response = Response::new(Full::new(Bytes::from(page)));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    response
 }
 
 fn json_response(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {

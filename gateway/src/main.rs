@@ -64,6 +64,15 @@ enum Command {
         #[arg(long, default_value = "routes.toml")]
         config: PathBuf,
     },
+    /// The migration progress table of a running gateway.
+    Report {
+        /// The gateway's admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        /// Print the JSON of /admin/migration instead.
+        #[arg(long)]
+        json: bool,
+    },
     /// Mint a signed JWT to try protected routes with (prints it on stdout).
     Token {
         /// Private key in PEM (RSA, EC or Ed25519).
@@ -102,6 +111,15 @@ fn main() -> ExitCode {
         }
         Command::Run { config } => load_or_exit(&config).and_then(|s| serve(s, false)),
         Command::Demo { config } => load_or_exit(&config).and_then(|s| serve(s, true)),
+        Command::Report { admin, json } => gateway::report::fetch(&admin)
+            .map(|report| {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&report).expect("JSON serialises"));
+                } else {
+                    print!("{}", gateway::report::render(&report));
+                }
+            })
+            .map_err(Into::into),
         Command::Token { key, alg, kid, sub, iss, aud, ttl, claims } => {
             let request = gateway::token::TokenRequest {
                 algorithm: alg,

@@ -408,6 +408,12 @@ impl InFlight {
         for plugin in &self.snapshot.plugins.on_complete {
             plugin.on_complete(&self.ctx, &outcome);
         }
+        if let Some(table) = self.snapshot.route_stats.get() {
+            let route = self.ctx.route.map_or(table.len().saturating_sub(1), |id| id.0);
+            if let Some(stats) = table.get(route) {
+                stats.record(self.ctx.target, status.is_server_error(), outcome.duration, self.ctx.fallback);
+            }
+        }
         if self.snapshot.server.access_log {
             self.access_log(&outcome);
         }

@@ -23,6 +23,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::idle::IdleTimeoutStream;
+use crate::migration::MigrationStats;
 use crate::pipeline;
 use crate::reload::{ReloadState, Trigger};
 use crate::snapshot::{ServerSettings, Snapshot};
@@ -40,18 +41,29 @@ pub struct Gateway {
     ready: AtomicBool,
     metrics: PrometheusHandle,
     reload: ReloadState,
+    migration: MigrationStats,
 }
 
 impl Gateway {
     fn new(snapshot: Snapshot) -> Self {
         let metrics = crate::telemetry::metrics_handle();
         gauge!(names::CONFIG_VERSION).set(snapshot.meta.version as f64);
+        let migration = MigrationStats::default();
+        let _ = snapshot.route_stats.set(migration.table_for(&snapshot));
         Gateway {
             config: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
             metrics,
             reload: ReloadState::default(),
+            migration,
         }
+    }
+
+    /// The `/admin/migration` report for the config serving now.
+    pub fn migration_report(&self) -> crate::migration::MigrationReport {
+        let snapshot = self.snapshot();
+        let table = snapshot.route_stats.get_or_init(|| self.migration.table_for(&snapshot));
+        self.migration.report(&snapshot, table)
     }
 
     /// The config snapshot new requests start with.
@@ -63,6 +75,7 @@ impl Gateway {
     /// they started with.
     pub(crate) fn install(&self, next: Snapshot) {
         let version = next.meta.version;
+        let _ = next.route_stats.set(self.migration.table_for(&next));
         self.config.store(Arc::new(next));
         gauge!(names::CONFIG_VERSION).set(version as f64);
     }

@@ -172,6 +172,9 @@ pub struct Snapshot {
     pub auth_modes: Vec<gateway_plugin_auth::AuthMode>,
     /// Plugins per phase.
     pub plugins: PhasePlugins,
+    /// Migration stats per route, aligned with `routes`; set once when the gateway
+    /// installs the snapshot (stats outlive snapshots: they are keyed by route name).
+    pub route_stats: std::sync::OnceLock<Vec<Arc<crate::migration::RouteStats>>>,
 }
 
 impl Snapshot {

@@ -1013,6 +1013,7 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>) -> Sna
         auth: authenticator,
         auth_modes,
         plugins: PhasePlugins::new(plugins),
+        route_stats: std::sync::OnceLock::new(),
     }
 }
 
