@@ -198,10 +198,10 @@ impl MigrationStats {
                 let percent = route.policy.as_ref().map(|p| p.percent.percent());
                 let mut data = stats.lock();
                 let now = unix_now();
-                if let (Some(before), Some(after)) = (data.percent, percent) {
-                    if before != after {
-                        data.last_dial_change = Some(DialChange { from: before, to: after, at_unix: now });
-                    }
+                if let (Some(before), Some(after)) = (data.percent, percent)
+                    && before != after
+                {
+                    data.last_dial_change = Some(DialChange { from: before, to: after, at_unix: now });
                 }
                 let stage = stage_of(percent);
                 if data.stage != stage {
