@@ -11,7 +11,7 @@ use bytes::Bytes;
 use gateway_plugin_aggregate::{Aggregate, Part, PartResult, PartSource, merge};
 use gateway_plugin_api::{RequestCtx, Target};
 use gateway_plugin_metrics::names;
-use gateway_plugin_rollout::{Caller, ServiceHealth};
+use gateway_plugin_rollout::Caller;
 use http::header::{ACCEPT, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
@@ -96,14 +96,11 @@ async fn fetch(
     let part_deadline = deadline.min(started + part.timeout);
     let upstream = match &part.source {
         PartSource::Upstream(name) => snapshot.upstreams.get(&**name),
-        PartSource::Route(name) => snapshot.routes.iter().find(|r| r.name == *name).map(|route| {
-            let open = route
-                .service
-                .as_ref()
-                .and_then(|s| s.breaker.as_ref())
-                .is_some_and(|b| b.would_refuse(crate::clock::now()));
-            route.decide(caller, if open { ServiceHealth::BreakerOpen } else { ServiceHealth::Available }).upstream
-        }),
+        PartSource::Route(name) => snapshot
+            .routes
+            .iter()
+            .find(|r| r.name == *name)
+            .map(|route| route.decide(caller, route.service_health()).upstream),
     };
     let Some(upstream) = upstream else {
         // Validation guarantees the reference; a missing one is reported, not a panic.

@@ -9,7 +9,7 @@ use std::net::IpAddr;
 
 use gateway_plugin_api::{ClaimValue, Identity, Target};
 use gateway_plugin_auth::AuthMode;
-use gateway_plugin_rollout::{Caller, Reason, ServiceHealth, client_ip};
+use gateway_plugin_rollout::{Caller, Reason, client_ip};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 
@@ -108,9 +108,7 @@ pub fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Explanat
     // The same breaker rule as the data plane (breaker > segment > dial). A one-shot
     // `gateway explain` process has fresh breakers; the running gateway's come with the
     // admin API.
-    let open =
-        route.service.as_ref().and_then(|s| s.breaker.as_ref()).is_some_and(|b| b.would_refuse(crate::clock::now()));
-    let decision = route.decide(&caller, if open { ServiceHealth::BreakerOpen } else { ServiceHealth::Available });
+    let decision = route.decide(&caller, route.service_health());
 
     let policy = route.policy.as_ref();
     let sticky_key = policy.and_then(|p| p.sticky.as_ref()).and_then(|s| s.key(&caller)).map(|k| k.into_owned());

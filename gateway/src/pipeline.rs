@@ -141,9 +141,8 @@ async fn run(
         return Ok(crate::aggregate::serve(snapshot, ctx, &parts, &caller, aggregate).await);
     }
     let caller = Caller { identity: ctx.identity.as_deref(), headers: &parts.headers, client_ip: Some(client_ip) };
-    let service_open =
-        route.service.as_ref().and_then(|s| s.breaker.as_ref()).is_some_and(|b| b.would_refuse(clock::now()));
-    let health = if service_open { ServiceHealth::BreakerOpen } else { ServiceHealth::Available };
+    let health = route.service_health();
+    let service_open = health == ServiceHealth::BreakerOpen;
     let decision = route.decide(&caller, health);
     // Only callers the dial or a segment would have sent to the service count as fallbacks.
     let diverted = service_open && route.decide(&caller, ServiceHealth::Available).target == Target::Service;

@@ -98,6 +98,14 @@ pub struct RouteDecision<'a> {
 }
 
 impl Route {
+    /// Whether the service can take traffic now, as its circuit breaker sees it (without
+    /// taking a half-open trial slot). A route without a service or breaker is Available.
+    pub fn service_health(&self) -> ServiceHealth {
+        let refusing =
+            self.service.as_ref().and_then(|s| s.breaker.as_ref()).is_some_and(|b| b.would_refuse(crate::clock::now()));
+        if refusing { ServiceHealth::BreakerOpen } else { ServiceHealth::Available }
+    }
+
     /// Picks the side for `caller`. The data plane and `gateway explain` both call this,
     /// and it calls the one rollout function, [`gateway_plugin_rollout::decide`].
     pub fn decide(&self, caller: &Caller<'_>, health: ServiceHealth) -> RouteDecision<'_> {

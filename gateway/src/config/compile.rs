@@ -1043,6 +1043,17 @@ timeout_ms = 2000
         }
     }
 
+    /// Each snippet's errors include the expected text (line:col, key path, message).
+    fn assert_each_error(cases: &[(String, &str)]) {
+        for (text, expected) in cases {
+            let got = errors(text);
+            assert!(
+                got.iter().any(|e| e.contains(expected)),
+                "expected {expected:?} in {got:#?}\n--- config ---\n{text}"
+            );
+        }
+    }
+
     #[test]
     fn a_good_config_compiles() {
         let text = format!("{BASE}\n[[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\n");
@@ -1119,13 +1130,7 @@ timeout_ms = 2000
             ),
             ("[server\n".to_owned(), "1:8: unclosed table"),
         ];
-        for (text, expected) in cases {
-            let got = errors(&text);
-            assert!(
-                got.iter().any(|e| e.contains(expected)),
-                "expected {expected:?} in {got:#?}\n--- config ---\n{text}"
-            );
-        }
+        assert_each_error(&cases);
     }
 
     const FIXTURE_KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/keys");
@@ -1205,13 +1210,7 @@ timeout_ms = 2000
                 "17:8: routes[0].auth: checking tokens needs an [auth] section",
             ),
         ];
-        for (text, expected) in cases {
-            let got = errors(&text);
-            assert!(
-                got.iter().any(|e| e.contains(expected)),
-                "expected {expected:?} in {got:#?}\n--- config ---\n{text}"
-            );
-        }
+        assert_each_error(&cases);
     }
 
     #[test]
@@ -1266,13 +1265,7 @@ timeout_ms = 2000
                 "5:34: server.trusted_proxies[1]: \"lb\" is not an IP address or CIDR",
             ),
         ];
-        for (text, expected) in cases {
-            let got = errors(&text);
-            assert!(
-                got.iter().any(|e| e.contains(expected)),
-                "expected {expected:?} in {got:#?}\n--- config ---\n{text}"
-            );
-        }
+        assert_each_error(&cases);
     }
 
     #[test]
@@ -1379,13 +1372,7 @@ timeout_ms = 2000
                 "17:12: routes[0].fallback: unknown variant `sometimes`, expected `safe` or `never`",
             ),
         ];
-        for (text, expected) in cases {
-            let got = errors(&text);
-            assert!(
-                got.iter().any(|e| e.contains(expected)),
-                "expected {expected:?} in {got:#?}\n--- config ---\n{text}"
-            );
-        }
+        assert_each_error(&cases);
         let good = with_breaker(
             "failures = 3, error_rate_percent = 50.0, min_requests = 10, failure_statuses = [\"502-504\", \"429\"]",
         );
@@ -1438,13 +1425,7 @@ timeout_ms = 2000
                 "aggregates[0].path: \"/api/dash/\": drop the trailing '/'",
             ),
         ];
-        for (text, expected) in cases {
-            let got = errors(&text);
-            assert!(
-                got.iter().any(|e| e.contains(expected)),
-                "expected {expected:?} in {got:#?}\n--- config ---\n{text}"
-            );
-        }
+        assert_each_error(&cases);
     }
 
     #[test]
