@@ -4,9 +4,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gateway::headers::{request_id, set_forwarding, strip_hop_by_hop};
-use gateway::normalize::normalize_path;
-use gateway::router::Router;
+use gateway::proxy::headers::{request_id, set_forwarding, strip_hop_by_hop};
+use gateway::routing::normalize::normalize_path;
+use gateway::routing::router::Router;
 use gateway_plugin_api::RouteId;
 use http::{HeaderMap, HeaderValue};
 

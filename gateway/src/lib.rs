@@ -13,24 +13,17 @@
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
 
-pub mod admin;
-pub mod aggregate;
-pub mod clock;
+// Dependencies point one way (checked by `tests/src/tests/layout.rs`):
+//   cli, server -> proxy -> upstream, snapshot, routing -> telemetry, clock
+//   config -> snapshot, upstream, routing, policies
+pub mod cli;
+pub(crate) mod clock;
 pub mod config;
-pub mod demo;
-pub mod error;
-pub mod explain;
-pub mod headers;
-pub mod idle;
-pub mod migration;
-pub mod normalize;
-pub mod pipeline;
-pub mod preview;
-pub mod reload;
-pub mod report;
-pub mod router;
+pub(crate) mod migration;
+pub(crate) mod policies;
+pub mod proxy;
+pub mod routing;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
-pub mod token;
 pub mod upstream;

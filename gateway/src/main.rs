@@ -111,17 +111,17 @@ fn main() -> ExitCode {
         }
         Command::Run { config } => load_or_exit(&config).and_then(|s| serve(s, false)),
         Command::Demo { config } => load_or_exit(&config).and_then(|s| serve(s, true)),
-        Command::Report { admin, json } => gateway::report::fetch(&admin)
+        Command::Report { admin, json } => gateway::cli::report::fetch(&admin)
             .map(|report| {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&report).expect("JSON serialises"));
                 } else {
-                    print!("{}", gateway::report::render(&report));
+                    print!("{}", gateway::cli::report::render(&report));
                 }
             })
             .map_err(Into::into),
         Command::Token { key, alg, kid, sub, iss, aud, ttl, claims } => {
-            let request = gateway::token::TokenRequest {
+            let request = gateway::cli::token::TokenRequest {
                 algorithm: alg,
                 kid,
                 subject: sub,
@@ -130,7 +130,7 @@ fn main() -> ExitCode {
                 ttl_seconds: ttl,
                 claims,
             };
-            gateway::token::mint(&key, &request, gateway::demo::now_unix())
+            gateway::cli::token::mint(&key, &request, gateway::cli::demo::now_unix())
                 .map(|token| println!("{token}"))
                 .map_err(Into::into)
         }
@@ -168,7 +168,7 @@ fn check(file: &Path, against: Option<&Path>) -> ExitCode {
             }
         };
         println!("changes from {}:", old_path.display());
-        for line in gateway::preview::preview(&old, &snapshot) {
+        for line in gateway::cli::preview::preview(&old, &snapshot) {
             println!("  {line}");
         }
     }
@@ -209,8 +209,8 @@ fn explain(
             return ExitCode::FAILURE;
         }
     };
-    let request = gateway::explain::ExplainRequest { method, path, claims, headers, ip };
-    match gateway::explain::explain(&snapshot, &request) {
+    let request = gateway::cli::explain::ExplainRequest { method, path, claims, headers, ip };
+    match gateway::cli::explain::explain(&snapshot, &request) {
         Ok(explanation) if json => {
             println!("{}", serde_json::to_string_pretty(&explanation).expect("an explanation serialises"));
             ExitCode::SUCCESS
@@ -251,7 +251,7 @@ fn serve(snapshot: Snapshot, demo: bool) -> anyhow::Result<()> {
     let _log_guard = gateway::telemetry::init_logging();
     runtime.block_on(async move {
         if demo {
-            let upstreams = gateway::demo::start_upstreams(&snapshot).await?;
+            let upstreams = gateway::cli::demo::start_upstreams(&snapshot).await?;
             for (name, addr) in upstreams {
                 println!("demo upstream {name:<10} http://{addr}");
             }
@@ -268,10 +268,10 @@ fn serve(snapshot: Snapshot, demo: bool) -> anyhow::Result<()> {
             println!("gateway            http://{}", running.listen_addr);
             println!("admin              http://{}", running.admin_addr);
             println!("\nTry:");
-            for line in gateway::demo::try_lines(&snapshot, running.listen_addr, running.admin_addr) {
+            for line in gateway::cli::demo::try_lines(&snapshot, running.listen_addr, running.admin_addr) {
                 println!("  {line}");
             }
-            for line in gateway::demo::token_lines(&snapshot, running.listen_addr) {
+            for line in gateway::cli::demo::token_lines(&snapshot, running.listen_addr) {
                 println!("{line}");
             }
             println!("\nCtrl-C stops the demo.");

@@ -9,10 +9,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use gateway_plugin_api::config::BuiltPlugin;
 use gateway_plugin_api::{Plugin, RouteId, Target};
+use gateway_plugin_auth::AuthMode;
 use gateway_plugin_rollout::{Caller, Reason, RoutePolicy, ServiceHealth};
 
-use crate::router::Router;
+use crate::routing::router::Router;
+use crate::telemetry::stats::RouteStats;
 use crate::upstream::Upstream;
 
 /// Where a snapshot came from.
@@ -68,6 +71,8 @@ pub struct Route {
     pub service: Option<Arc<Upstream>>,
     /// The monolith side.
     pub monolith: Arc<Upstream>,
+    /// What the route asks of the caller (token required, optional, or not checked).
+    pub auth: AuthMode,
     /// The canary dial; `None` for the default route, which always goes to the monolith.
     pub policy: Option<RoutePolicy>,
     /// Replaying failed service requests on the monolith.
@@ -123,8 +128,12 @@ impl Route {
 /// Plugins grouped by the phase they take part in, in pipeline order.
 #[derive(Default)]
 pub struct PhasePlugins {
+    /// Run at `authenticate`.
+    pub authenticate: Vec<Arc<dyn Plugin>>,
     /// Run at `on_request`.
     pub on_request: Vec<Arc<dyn Plugin>>,
+    /// Run at `upstream_request`.
+    pub upstream_request: Vec<Arc<dyn Plugin>>,
     /// Run at `on_response`.
     pub on_response: Vec<Arc<dyn Plugin>>,
     /// Run at `on_complete`.
@@ -137,6 +146,12 @@ impl PhasePlugins {
         let mut phases = PhasePlugins::default();
         for plugin in plugins {
             let declared = plugin.phases();
+            if declared.authenticate {
+                phases.authenticate.push(plugin.clone());
+            }
+            if declared.upstream_request {
+                phases.upstream_request.push(plugin.clone());
+            }
             if declared.on_request {
                 phases.on_request.push(plugin.clone());
             }
@@ -155,7 +170,9 @@ impl std::fmt::Debug for PhasePlugins {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let names = |list: &[Arc<dyn Plugin>]| list.iter().map(|p| p.name()).collect::<Vec<_>>();
         f.debug_struct("PhasePlugins")
+            .field("authenticate", &names(&self.authenticate))
             .field("on_request", &names(&self.on_request))
+            .field("upstream_request", &names(&self.upstream_request))
             .field("on_response", &names(&self.on_response))
             .field("on_complete", &names(&self.on_complete))
             .finish()
@@ -176,13 +193,14 @@ pub struct Snapshot {
     pub router: Router,
     /// Token verification, when `[auth]` is configured.
     pub auth: Option<Arc<gateway_plugin_auth::Authenticator>>,
-    /// What each route asks of the caller, indexed like [`Snapshot::routes`].
-    pub auth_modes: Vec<gateway_plugin_auth::AuthMode>,
+    /// The plugins the registered route policies built for this config (a reload hands
+    /// them to the next build, so state such as rate-limit buckets carries over).
+    pub policies: Vec<BuiltPlugin>,
     /// Plugins per phase.
     pub plugins: PhasePlugins,
     /// Migration stats per route, aligned with `routes`; set once when the gateway
     /// installs the snapshot (stats outlive snapshots: they are keyed by route name).
-    pub route_stats: std::sync::OnceLock<Vec<Arc<crate::migration::RouteStats>>>,
+    pub route_stats: std::sync::OnceLock<Vec<Arc<RouteStats>>>,
 }
 
 impl Snapshot {
@@ -203,7 +221,7 @@ impl std::fmt::Debug for Snapshot {
             .field("meta", &self.meta)
             .field("server", &self.server)
             .field("routes", &self.routes)
-            .field("auth_modes", &self.auth_modes)
+            .field("policies", &self.policies)
             .field("plugins", &self.plugins)
             .finish_non_exhaustive()
     }

@@ -64,8 +64,44 @@ pub struct Aggregate {
 pub enum PartResult {
     /// 2xx with a JSON body.
     Answered(Value),
-    /// Anything else, with a short reason (`timeout`, `status 503`, `not_json`, ...).
-    Failed(String),
+    /// Anything else, with the reason.
+    Failed(PartFailure),
+}
+
+/// Why a part has no answer; its text is what the reply's `_errors` says for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PartFailure {
+    /// The part names an upstream or route the config does not have.
+    UnknownSource,
+    /// The part's upstream has an open circuit breaker.
+    BreakerOpen,
+    /// The part's upstream could not be connected to.
+    ConnectError,
+    /// No answer before the part's (or the aggregate's) deadline.
+    Timeout,
+    /// The exchange broke, or the body could not be read.
+    ExchangeError,
+    /// A status other than 2xx.
+    Status(u16),
+    /// The body was larger than `max_part_bytes`.
+    TooLarge,
+    /// The body was not JSON.
+    NotJson,
+}
+
+impl std::fmt::Display for PartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PartFailure::UnknownSource => f.write_str("unknown_source"),
+            PartFailure::BreakerOpen => f.write_str("breaker_open"),
+            PartFailure::ConnectError => f.write_str("connect_error"),
+            PartFailure::Timeout => f.write_str("timeout"),
+            PartFailure::ExchangeError => f.write_str("exchange_error"),
+            PartFailure::Status(status) => write!(f, "status {status}"),
+            PartFailure::TooLarge => f.write_str("too_large"),
+            PartFailure::NotJson => f.write_str("not_json"),
+        }
+    }
 }
 
 /// The merged reply.
@@ -94,7 +130,7 @@ pub fn merge(aggregate: &Aggregate, results: Vec<PartResult>) -> Merged {
             }
             PartResult::Failed(reason) => {
                 failed_parts.push(part.name.clone());
-                errors.insert(part.name.to_string(), Value::String(reason));
+                errors.insert(part.name.to_string(), Value::String(reason.to_string()));
                 if part.required {
                     failed = true;
                 } else {
@@ -160,8 +196,8 @@ mod tests {
             &agg,
             vec![
                 PartResult::Answered(json!({"id": 1})),
-                PartResult::Failed("timeout".to_owned()),
-                PartResult::Failed("status 503".to_owned()),
+                PartResult::Failed(PartFailure::Timeout),
+                PartResult::Failed(PartFailure::Status(503)),
             ],
         );
         assert!(merged.partial && !merged.failed);
@@ -175,10 +211,8 @@ mod tests {
     #[test]
     fn a_required_failure_fails_the_reply_with_every_error() {
         let agg = dashboard(vec![part("user", true, None), part("orders", false, None)]);
-        let merged = merge(
-            &agg,
-            vec![PartResult::Failed("connect_error".to_owned()), PartResult::Failed("not_json".to_owned())],
-        );
+        let merged =
+            merge(&agg, vec![PartResult::Failed(PartFailure::ConnectError), PartResult::Failed(PartFailure::NotJson)]);
         assert!(merged.failed);
         assert_eq!(merged.body["_errors"], json!({"user": "connect_error", "orders": "not_json"}));
         assert_eq!(merged.body["error"], "aggregate-part-failed");

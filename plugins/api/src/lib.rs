@@ -1,23 +1,40 @@
-//! The contract between the gateway's fixed request pipeline and its policy plugins.
+//! The contract between the gateway's fixed request pipeline and its policy plugins (v2).
 //!
-//! A plugin is built once from a compiled config snapshot, is immutable behind an `Arc`,
-//! and overrides only the phases it cares about. Per-request state lives in
-//! [`RequestCtx`], which every phase receives; each typed field there is set by exactly
-//! one phase (the one that owns it) and read by the phases after it.
+//! A policy is a crate under `plugins/` that knows nothing of sockets. It owns:
+//! - its key on `[[routes]]`, the serde type of that key, its checks and its compiled
+//!   per-route state ([`config::RoutePolicy`]);
+//! - the plugin built from them once per config, immutable behind an `Arc`, which takes
+//!   part in the phases it names in [`Plugin::phases`].
+//!
+//! Per-request state lives in [`RequestCtx`], which every phase receives; each typed field
+//! there is set by exactly one phase (the one that owns it) and read by the phases after it.
 //!
 //! ```text
-//!  on_request -> route -> authenticate -> select_target -> admit -> forward | aggregate
-//!       -> on_response -> on_complete (always, whatever happened before)
+//!  normalise -> route -> authenticate* -> on_request* -> select_target -> admit
+//!     -> upstream_request* -> forward | aggregate -> on_response* -> on_complete* (always)
 //! ```
+//! (`*`: plugin hooks; the others are the gateway's own fixed steps.)
 //!
-//! This crate knows nothing of sockets, bodies or runtimes, so every plugin can be unit
-//! tested and benchmarked without a network.
+//! A hook that must wait for something (a key set being fetched) returns
+//! [`Flow::Wait`] with a future; the pipeline awaits it and calls the same hook again. Only
+//! a hook that waits allocates; the usual answer, [`Flow::Continue`], costs nothing.
+//!
+//! This crate knows nothing of bodies or runtimes, so every plugin can be unit tested and
+//! benchmarked without a network.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 #![deny(rust_2018_idioms, clippy::disallowed_methods, clippy::disallowed_types)]
 
+pub mod codes;
+pub mod config;
+mod reasons;
+pub mod side;
+
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -127,52 +144,79 @@ impl Identity {
     }
 }
 
+pub use reasons::FallbackReason;
+
+/// A future a hook asks the pipeline to await before calling the hook again.
+pub type Pending = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
 /// What a phase tells the pipeline to do next.
-#[derive(Debug)]
 pub enum Flow {
     /// Go on to the next plugin and phase.
     Continue,
     /// Stop here and answer the client with this rejection; `on_complete` still runs.
     Respond(Rejection),
+    /// Await this future, then call the same hook of the same plugin again (a bounded
+    /// number of times: a hook that keeps waiting gets the request answered with 503
+    /// `policy-stalled`).
+    Wait(Pending),
+}
+
+impl std::fmt::Debug for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Flow::Continue => f.write_str("Continue"),
+            Flow::Respond(rejection) => f.debug_tuple("Respond").field(rejection).finish(),
+            Flow::Wait(_) => f.write_str("Wait(..)"),
+        }
+    }
 }
 
 /// Per-request state shared by all phases.
 ///
 /// Fields are public so phases can read them; by convention only the owning phase writes
-/// (`route` by the router, `target` by target selection, and so on).
+/// (`route` by the router, `identity` by authentication, `target` by target selection,
+/// and so on).
 #[derive(Debug)]
 pub struct RequestCtx {
     /// The request id returned to the client in `x-request-id` (kept from the client or made).
     pub request_id: http::HeaderValue,
-    /// The normalised path the route matched and the upstream receives; set by `on_request`.
+    /// When the request started, on the gateway's monotonic clock (time since the clock's
+    /// epoch): the `now` of every time-based policy (rate limits, breakers) for this request.
+    pub started: Duration,
+    /// The normalised path the route matched; set by normalisation.
     pub path: String,
     /// The matched route, or the default route for unmatched traffic; set by `route`.
     pub route: Option<RouteId>,
-    /// The side chosen for this request; set by `select_target`.
-    pub target: Option<Target>,
-    /// Name of the upstream the request was sent to; set by `forward`.
-    pub upstream: Option<Arc<str>>,
+    /// The caller's address: the peer, or the right-most untrusted `x-forwarded-for` entry
+    /// when the peer is a trusted proxy. Set by `route`.
+    pub client_ip: Option<IpAddr>,
     /// The verified caller; `None` for anonymous requests. Set by authentication.
     pub identity: Option<Arc<Identity>>,
     /// Why authentication refused the request (`expired`, `bad-signature`, ...), for
     /// metrics. Set by authentication.
     pub auth_failure: Option<&'static str>,
-    /// Why a request meant for the service was answered by the monolith (`breaker_open`,
-    /// `connect_error`, `timeout`, `status_5xx`, ...). Set by forwarding.
-    pub fallback: Option<&'static str>,
+    /// The side chosen for this request; set by `select_target` (and by forwarding when
+    /// the monolith stands in).
+    pub target: Option<Target>,
+    /// Name of the upstream the request is sent to; set with `target`.
+    pub upstream: Option<Arc<str>>,
+    /// Why a request meant for the service was answered by the monolith. Set by forwarding.
+    pub fallback: Option<FallbackReason>,
 }
 
 impl RequestCtx {
-    /// A fresh context for a request with the given id.
-    pub fn new(request_id: HeaderValue) -> Self {
+    /// A fresh context for a request with the given id that started at `started`.
+    pub fn new(request_id: HeaderValue, started: Duration) -> Self {
         RequestCtx {
             request_id,
+            started,
             path: String::new(),
             route: None,
-            target: None,
-            upstream: None,
+            client_ip: None,
             identity: None,
             auth_failure: None,
+            target: None,
+            upstream: None,
             fallback: None,
         }
     }
@@ -193,7 +237,7 @@ pub fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
 /// How a request ended, as seen by `on_complete`.
 #[derive(Clone, Copy, Debug)]
 pub struct Outcome {
-    /// Status sent to the client (or 502/504 if the exchange broke before a status was sent).
+    /// Status sent to the client (or 499 when the client went away first).
     pub status: StatusCode,
     /// Time from the start of the request to the response head being ready.
     pub duration: Duration,
@@ -204,16 +248,21 @@ pub struct Outcome {
 /// The phases a plugin takes part in; the pipeline keeps one plugin list per phase.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Phases {
+    /// Runs [`Plugin::authenticate`].
+    pub authenticate: bool,
     /// Runs [`Plugin::on_request`].
     pub on_request: bool,
+    /// Runs [`Plugin::upstream_request`].
+    pub upstream_request: bool,
     /// Runs [`Plugin::on_response`].
     pub on_response: bool,
     /// Runs [`Plugin::on_complete`].
     pub on_complete: bool,
 }
 
-/// A request policy. Every method has a no-op default; override only what you need and
-/// say so in [`Plugin::phases`], which the pipeline reads once when it compiles a config.
+/// A request policy. Every hook has a no-op default; override only what you need and
+/// say so in [`Plugin::phases`], which the pipeline reads once when it compiles a config
+/// (a plugin is never called for a phase it did not name).
 pub trait Plugin: Send + Sync + 'static {
     /// A short stable name for logs and errors.
     fn name(&self) -> &'static str;
@@ -221,10 +270,30 @@ pub trait Plugin: Send + Sync + 'static {
     /// The phases this plugin takes part in.
     fn phases(&self) -> Phases;
 
-    /// Runs after the path is normalised and the route matched, before authentication.
-    /// The default does nothing and returns [`Flow::Continue`]; returning
-    /// [`Flow::Respond`] answers the client and skips forwarding.
+    /// Runs after the route matched: verifies who the caller is and sets
+    /// [`RequestCtx::identity`]. May edit the request head (claim headers). The default
+    /// returns [`Flow::Continue`]; [`Flow::Respond`] answers the client (401) and skips
+    /// every later phase but `on_response` and `on_complete`.
+    fn authenticate(&self, _ctx: &mut RequestCtx, _request: &mut http::request::Parts) -> Flow {
+        Flow::Continue
+    }
+
+    /// Runs after authentication and before the side is chosen, so it guards both sides
+    /// alike (rate limits, access rules). The default returns [`Flow::Continue`].
     fn on_request(&self, _ctx: &mut RequestCtx, _request: &mut http::request::Parts) -> Flow {
+        Flow::Continue
+    }
+
+    /// Runs after the target is chosen and admitted, just before forwarding, with the
+    /// outgoing request head (origin-form URI, forwarding headers set). It may edit the
+    /// request, and start side requests through `upstreams` (spawn them to keep the client
+    /// from waiting). Not run for aggregates. The default returns [`Flow::Continue`].
+    fn upstream_request(
+        &self,
+        _ctx: &RequestCtx,
+        _request: &mut http::request::Parts,
+        _upstreams: &dyn side::Upstreams,
+    ) -> Flow {
         Flow::Continue
     }
 
@@ -232,8 +301,9 @@ pub trait Plugin: Send + Sync + 'static {
     /// before it is sent. The default does nothing.
     fn on_response(&self, _ctx: &RequestCtx, _response: &mut http::response::Parts) {}
 
-    /// Runs exactly once for every request, whatever happened before: the only place to
-    /// record metrics and outcomes. The default does nothing.
+    /// Runs exactly once for every request, whatever happened before (also when the
+    /// client went away): the only place to record metrics and outcomes. The default does
+    /// nothing.
     fn on_complete(&self, _ctx: &RequestCtx, _outcome: &Outcome) {}
 }
 

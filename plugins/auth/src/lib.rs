@@ -1,6 +1,6 @@
 //! JWT authentication at the edge.
 //!
-//! [`AuthPlugin`] runs at `on_request` on every request:
+//! [`AuthPlugin`] runs at `authenticate` on every request:
 //! 1. It removes the headers named in `claims_to_headers` from the request, whatever the
 //!    route, so a caller can never spoof `x-user-id`.
 //! 2. On routes with `auth = "off"` it stops there.
@@ -218,10 +218,10 @@ impl Plugin for AuthPlugin {
     }
 
     fn phases(&self) -> Phases {
-        Phases { on_request: true, ..Phases::default() }
+        Phases { authenticate: true, ..Phases::default() }
     }
 
-    fn on_request(&self, ctx: &mut RequestCtx, request: &mut Parts) -> Flow {
+    fn authenticate(&self, ctx: &mut RequestCtx, request: &mut Parts) -> Flow {
         for name in &self.claim_headers {
             request.headers.remove(name);
         }

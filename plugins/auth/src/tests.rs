@@ -361,7 +361,7 @@ fn request(pairs: &[(&str, &str)]) -> Parts {
 }
 
 fn ctx(route: usize) -> RequestCtx {
-    let mut ctx = RequestCtx::new(HeaderValue::from_static("test"));
+    let mut ctx = RequestCtx::new(HeaderValue::from_static("test"), std::time::Duration::ZERO);
     ctx.route = Some(RouteId(route));
     ctx
 }
@@ -370,14 +370,14 @@ fn ctx(route: usize) -> RequestCtx {
 fn required_routes_refuse_missing_and_bad_tokens_with_a_bearer_challenge() {
     let plugin = plugin(vec![AuthMode::Required]);
     let mut ctx = ctx(0);
-    let Flow::Respond(rejection) = plugin.on_request(&mut ctx, &mut request(&[])) else { panic!("must refuse") };
+    let Flow::Respond(rejection) = plugin.authenticate(&mut ctx, &mut request(&[])) else { panic!("must refuse") };
     assert_eq!(rejection.status, StatusCode::UNAUTHORIZED);
     assert_eq!(rejection.code, "jwt-missing");
     assert_eq!(rejection.headers, vec![(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))]);
     assert_eq!(ctx.auth_failure, Some("missing"));
 
     let mut ctx = self::ctx(0);
-    let Flow::Respond(rejection) = plugin.on_request(&mut ctx, &mut request(&[("authorization", "Bearer x.y.z")]))
+    let Flow::Respond(rejection) = plugin.authenticate(&mut ctx, &mut request(&[("authorization", "Bearer x.y.z")]))
     else {
         panic!("must refuse")
     };
@@ -395,7 +395,7 @@ fn a_verified_token_sets_the_identity_and_replaces_spoofed_claim_headers() {
     let token = format!("Bearer {}", sign(Algorithm::ES256, "ec-1", &good_claims()));
     let mut parts = request(&[("authorization", &token), ("x-user-id", "mallory")]);
     let mut ctx = ctx(0);
-    assert!(matches!(plugin.on_request(&mut ctx, &mut parts), Flow::Continue));
+    assert!(matches!(plugin.authenticate(&mut ctx, &mut parts), Flow::Continue));
     assert_eq!(parts.headers.get_all("x-user-id").iter().collect::<Vec<_>>(), ["alice"]);
     assert_eq!(ctx.identity.as_ref().and_then(|i| i.subject()), Some("alice"));
     assert_eq!(ctx.target, None::<Target>, "authentication does not choose a side");
@@ -406,16 +406,19 @@ fn optional_and_off_routes() {
     let plugin = plugin(vec![AuthMode::Optional, AuthMode::Off]);
     let mut anonymous = request(&[("x-user-id", "mallory")]);
     let mut ctx0 = ctx(0);
-    assert!(matches!(plugin.on_request(&mut ctx0, &mut anonymous), Flow::Continue));
+    assert!(matches!(plugin.authenticate(&mut ctx0, &mut anonymous), Flow::Continue));
     assert!(ctx0.identity.is_none());
     assert!(anonymous.headers.get("x-user-id").is_none(), "spoofed identity removed on optional routes");
 
     let mut bad = request(&[("authorization", "Bearer not.a.jwt")]);
-    assert!(matches!(plugin.on_request(&mut ctx(0), &mut bad), Flow::Respond(_)), "optional: a bad token is still 401");
+    assert!(
+        matches!(plugin.authenticate(&mut ctx(0), &mut bad), Flow::Respond(_)),
+        "optional: a bad token is still 401"
+    );
 
     let mut off = request(&[("authorization", "Bearer not.a.jwt"), ("x-user-id", "mallory")]);
     let mut ctx1 = ctx(1);
-    assert!(matches!(plugin.on_request(&mut ctx1, &mut off), Flow::Continue), "off: tokens are not looked at");
+    assert!(matches!(plugin.authenticate(&mut ctx1, &mut off), Flow::Continue), "off: tokens are not looked at");
     assert!(off.headers.get("x-user-id").is_none(), "spoofed identity removed on auth-off routes too");
     assert!(off.headers.get("authorization").is_some(), "the monolith's own auth header passes");
 }

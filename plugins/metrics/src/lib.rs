@@ -125,7 +125,8 @@ impl Plugin for RequestMetrics {
             counter!(names::AUTH_FAILURES_TOTAL, "route" => handles.route.clone(), "reason" => reason).increment(1);
         }
         if let Some(reason) = ctx.fallback {
-            counter!(names::FALLBACKS_TOTAL, "route" => handles.route.clone(), "reason" => reason).increment(1);
+            counter!(names::FALLBACKS_TOTAL, "route" => handles.route.clone(), "reason" => reason.as_str())
+                .increment(1);
         }
         let Some(slot) = handles.slot(ctx.target.map_or(NONE_SLOT, Target::index)) else {
             return;
@@ -179,13 +180,13 @@ mod tests {
                     aggregate: false,
                 },
             ]);
-            let mut ctx = RequestCtx::new(HeaderValue::from_static("r1"));
+            let mut ctx = RequestCtx::new(HeaderValue::from_static("r1"), std::time::Duration::ZERO);
             ctx.route = Some(RouteId(0));
             ctx.target = Some(Target::Service);
             let ok = Outcome { status: StatusCode::OK, duration: Duration::from_millis(3), gateway_error: None };
             plugin.on_complete(&ctx, &ok);
             plugin.on_complete(&ctx, &ok);
-            let unrouted = RequestCtx::new(HeaderValue::from_static("r2"));
+            let unrouted = RequestCtx::new(HeaderValue::from_static("r2"), std::time::Duration::ZERO);
             let bad =
                 Outcome { status: StatusCode::BAD_REQUEST, duration: Duration::ZERO, gateway_error: Some("bad-path") };
             plugin.on_complete(&unrouted, &bad);

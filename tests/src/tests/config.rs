@@ -37,7 +37,8 @@ fn the_bundled_routes_toml_compiles_to_the_documented_routes() {
     let parts: Vec<&str> = dashboard.parts.iter().map(|p| &*p.name).collect();
     assert_eq!(parts, ["profile", "orders", "news"]);
     use gateway_plugin_auth::AuthMode;
-    assert_eq!(snapshot.auth_modes, [AuthMode::Required, AuthMode::Optional, AuthMode::Required, AuthMode::Off]);
+    let modes: Vec<AuthMode> = snapshot.routes.iter().map(|r| r.auth).collect();
+    assert_eq!(modes, [AuthMode::Required, AuthMode::Optional, AuthMode::Required, AuthMode::Off]);
     let verifier = snapshot.auth.as_ref().expect("the bundled config checks tokens").verifier();
     assert_eq!(verifier.issuer(), Some("https://auth.demo.local"));
     assert_eq!(verifier.audiences(), ["api"]);

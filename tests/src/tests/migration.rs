@@ -120,8 +120,8 @@ async fn the_report_prints_every_route() {
     // The report client blocks; run it off this test's (single) runtime thread, which also
     // serves the admin listener.
     let admin = format!("http://{}", w.gateway.admin);
-    let report = tokio::task::spawn_blocking(move || gateway::report::fetch(&admin)).await.expect("join");
-    let table = gateway::report::render(&report.expect("the admin answers"));
+    let report = tokio::task::spawn_blocking(move || gateway::cli::report::fetch(&admin)).await.expect("join");
+    let table = gateway::cli::report::render(&report.expect("the admin answers"));
     let lines: Vec<&str> = table.lines().collect();
     assert!(lines[0].starts_with("config v1: "), "{table}");
     assert!(lines.iter().any(|l| l.starts_with("ROUTE") && l.contains("OBSERVED 15m")), "{table}");
@@ -130,8 +130,8 @@ async fn the_report_prints_every_route() {
     assert!(users.contains("0.0% / 100.0%"), "service and monolith error rates side by side: {users}");
     assert!(lines.iter().any(|l| l.starts_with("billing ") && l.contains("live at 100%")), "{table}");
     let nowhere = format!("http://{}", closed_port().await);
-    assert!(tokio::task::spawn_blocking(move || gateway::report::fetch(&nowhere)).await.expect("join").is_err());
-    assert!(gateway::report::fetch("ftp://x").is_err());
+    assert!(tokio::task::spawn_blocking(move || gateway::cli::report::fetch(&nowhere)).await.expect("join").is_err());
+    assert!(gateway::cli::report::fetch("ftp://x").is_err());
 }
 
 fn chromium() -> Option<PathBuf> {

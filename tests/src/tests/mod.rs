@@ -5,6 +5,7 @@ mod breaker;
 mod config;
 mod deploy;
 mod hygiene;
+mod layout;
 mod lifecycle;
 mod limits;
 mod migration;

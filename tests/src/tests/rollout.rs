@@ -2,7 +2,7 @@
 //! `gateway explain` names, for header- and claim-keyed callers, segments and anonymous
 //! callers alike.
 
-use gateway::explain::{ExplainRequest, explain};
+use gateway::cli::explain::{ExplainRequest, explain};
 use http::Request;
 use http_body_util::Full;
 use jsonwebtoken::Algorithm;

@@ -8,8 +8,8 @@
 //! aggregate's limit.
 
 use bytes::Bytes;
-use gateway_plugin_aggregate::{Aggregate, Part, PartResult, PartSource, merge};
-use gateway_plugin_api::{RequestCtx, Target};
+use gateway_plugin_aggregate::{Aggregate, Part, PartFailure, PartResult, PartSource, merge};
+use gateway_plugin_api::{RequestCtx, Target, codes};
 use gateway_plugin_metrics::names;
 use gateway_plugin_rollout::Caller;
 use http::header::{ACCEPT, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
@@ -17,20 +17,20 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use tokio::time::Instant;
 
-use crate::headers::{X_GATEWAY_ERROR, X_REQUEST_ID};
-use crate::pipeline::{CallFailure, ResponseBody, call};
+use crate::proxy::headers::{X_GATEWAY_ERROR, X_REQUEST_ID};
 use crate::snapshot::Snapshot;
-use crate::upstream::UpstreamError;
+use crate::upstream::call::{CallFailure, call};
+use crate::upstream::{ResponseBody, UpstreamError};
 
 /// Set on a reply in which a non-required part failed.
-pub static X_GATEWAY_PARTIAL: HeaderName = HeaderName::from_static("x-gateway-partial");
+pub(crate) static X_GATEWAY_PARTIAL: HeaderName = HeaderName::from_static("x-gateway-partial");
 
 /// Headers passed from the caller's request to every part, besides the claim headers.
 const FORWARDED_TO_PARTS: [&str; 3] = ["x-request-id", "traceparent", "tracestate"];
 
 /// Answers an aggregate request. `request` is the caller's request head after the
 /// authentication phase (claim headers set from the verified token only).
-pub async fn serve(
+pub(crate) async fn serve(
     snapshot: &Snapshot,
     ctx: &mut RequestCtx,
     request: &http::request::Parts,
@@ -76,7 +76,7 @@ pub async fn serve(
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if merged.failed {
         *response.status_mut() = StatusCode::BAD_GATEWAY;
-        response.headers_mut().insert(&X_GATEWAY_ERROR, HeaderValue::from_static("aggregate-part-failed"));
+        response.headers_mut().insert(&X_GATEWAY_ERROR, HeaderValue::from_static(codes::AGGREGATE_PART_FAILED));
     } else if merged.partial {
         response.headers_mut().insert(&X_GATEWAY_PARTIAL, HeaderValue::from_static("true"));
     }
@@ -104,7 +104,7 @@ async fn fetch(
     };
     let Some(upstream) = upstream else {
         // Validation guarantees the reference; a missing one is reported, not a panic.
-        return PartResult::Failed("unknown_source".to_owned());
+        return PartResult::Failed(PartFailure::UnknownSource);
     };
     let mut request = Request::new(Either::Right(Full::default()));
     *request.method_mut() = Method::GET;
@@ -116,34 +116,30 @@ async fn fetch(
     let exchange = async {
         let response = match call(upstream, request).await {
             Ok(response) => response,
-            Err(CallFailure::Refused { .. }) => return PartResult::Failed("breaker_open".to_owned()),
+            Err(CallFailure::Refused { .. }) => return PartResult::Failed(PartFailure::BreakerOpen),
             Err(CallFailure::Failed { error, .. }) => {
-                return PartResult::Failed(
-                    match error {
-                        UpstreamError::Connect { .. } => "connect_error",
-                        UpstreamError::Timeout { .. } => "timeout",
-                        _ => "exchange_error",
-                    }
-                    .to_owned(),
-                );
+                return PartResult::Failed(match error {
+                    UpstreamError::Connect { .. } => PartFailure::ConnectError,
+                    UpstreamError::Timeout { .. } => PartFailure::Timeout,
+                    _ => PartFailure::ExchangeError,
+                });
             }
         };
         if !response.status().is_success() {
-            return PartResult::Failed(format!("status {}", response.status().as_u16()));
+            return PartResult::Failed(PartFailure::Status(response.status().as_u16()));
         }
         let body = match Limited::new(response.into_body(), max).collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return PartResult::Failed("too_large".to_owned()),
-            Err(_) => return PartResult::Failed("exchange_error".to_owned()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return PartResult::Failed(PartFailure::TooLarge),
+            Err(_) => return PartResult::Failed(PartFailure::ExchangeError),
         };
         match serde_json::from_slice(&body) {
             Ok(value) => PartResult::Answered(value),
-            Err(_) => PartResult::Failed("not_json".to_owned()),
+            Err(_) => PartResult::Failed(PartFailure::NotJson),
         }
     };
-    let result = tokio::time::timeout_at(part_deadline, exchange)
-        .await
-        .unwrap_or_else(|_| PartResult::Failed("timeout".to_owned()));
+    let result =
+        tokio::time::timeout_at(part_deadline, exchange).await.unwrap_or(PartResult::Failed(PartFailure::Timeout));
     metrics::histogram!(
         names::AGGREGATE_PART_DURATION_SECONDS,
         "aggregate" => aggregate.name.to_string(),

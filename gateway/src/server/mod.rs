@@ -4,29 +4,32 @@
 //! which is how the tests run many gateways side by side). [`RunningGateway::shutdown`]
 //! stops accepting; in-flight requests get `server.shutdown_grace_ms` to finish.
 
+mod admin;
+mod idle;
+mod reload;
+pub(crate) mod state;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use gateway_plugin_metrics::names;
+use http_body_util::Either;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
-use metrics::gauge;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::idle::IdleTimeoutStream;
-use crate::migration::MigrationStats;
-use crate::pipeline;
-use crate::reload::{ReloadState, Trigger};
+use crate::config::watch::Trigger;
+use crate::proxy::{self, Peer};
 use crate::snapshot::{ServerSettings, Snapshot};
+use idle::IdleTimeoutStream;
+pub use state::Gateway;
+use state::stopped;
 
 /// Pause after a failed accept (for example EMFILE), so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
@@ -34,67 +37,6 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// How often histogram samples are folded in, so memory stays flat between scrapes.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
-
-/// State shared by the data plane, the reloader and the admin listener.
-pub struct Gateway {
-    config: ArcSwap<Snapshot>,
-    ready: AtomicBool,
-    metrics: PrometheusHandle,
-    reload: ReloadState,
-    migration: MigrationStats,
-}
-
-impl Gateway {
-    fn new(snapshot: Snapshot) -> Self {
-        let metrics = crate::telemetry::metrics_handle();
-        gauge!(names::CONFIG_VERSION).set(snapshot.meta.version as f64);
-        let migration = MigrationStats::default();
-        let _ = snapshot.route_stats.set(migration.table_for(&snapshot));
-        Gateway {
-            config: ArcSwap::from_pointee(snapshot),
-            ready: AtomicBool::new(false),
-            metrics,
-            reload: ReloadState::default(),
-            migration,
-        }
-    }
-
-    /// The `/admin/migration` report for the config serving now.
-    pub fn migration_report(&self) -> crate::migration::MigrationReport {
-        let snapshot = self.snapshot();
-        let table = snapshot.route_stats.get_or_init(|| self.migration.table_for(&snapshot));
-        self.migration.report(&snapshot, table)
-    }
-
-    /// The config snapshot new requests start with.
-    pub fn snapshot(&self) -> Arc<Snapshot> {
-        self.config.load_full()
-    }
-
-    /// Serves `next` from now on: one atomic swap; requests in flight keep the snapshot
-    /// they started with.
-    pub(crate) fn install(&self, next: Snapshot) {
-        let version = next.meta.version;
-        let _ = next.route_stats.set(self.migration.table_for(&next));
-        self.config.store(Arc::new(next));
-        gauge!(names::CONFIG_VERSION).set(version as f64);
-    }
-
-    /// Reload errors and the history of applied changes.
-    pub fn reload_state(&self) -> &ReloadState {
-        &self.reload
-    }
-
-    /// True once the config is loaded and both listeners are bound.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
-    }
-
-    /// Prometheus text of every metric.
-    pub fn render_metrics(&self) -> String {
-        self.metrics.render()
-    }
-}
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -170,13 +112,13 @@ pub async fn start(snapshot: Snapshot) -> Result<RunningGateway, StartError> {
 
     let gateway = Arc::new(Gateway::new(snapshot));
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let (reload_triggers, watcher) = crate::reload::start(gateway.clone(), shutdown_rx.clone());
+    let (reload_triggers, watcher) = reload::start(gateway.clone(), shutdown_rx.clone());
     let tasks = vec![
         tokio::spawn(serve_proxy(listener, gateway.clone(), shutdown_rx.clone())),
-        tokio::spawn(crate::admin::serve(admin_listener, gateway.clone(), shutdown_rx.clone())),
+        tokio::spawn(admin::serve(admin_listener, gateway.clone(), shutdown_rx.clone())),
         tokio::spawn(metrics_upkeep(gateway.metrics.clone(), shutdown_rx)),
     ];
-    gateway.ready.store(true, Ordering::Release);
+    gateway.set_ready();
     Ok(RunningGateway { listen_addr, admin_addr, gateway, shutdown, tasks, reload_triggers, _watcher: watcher })
 }
 
@@ -223,12 +165,12 @@ async fn serve_proxy(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown:
                 // them to every connection accepted after it.
                 let settings = gateway.snapshot().server.clone();
                 let builder = connection_builder(&settings);
-                let client = Arc::new(pipeline::Peer::new(peer.ip()));
+                let client = Arc::new(Peer::new(peer.ip()));
                 let gateway = gateway.clone();
                 let service = service_fn(move |request| {
                     let snapshot = gateway.snapshot();
                     let client = client.clone();
-                    async move { Ok::<_, Infallible>(pipeline::handle(snapshot, request, &client).await) }
+                    async move { Ok::<_, Infallible>(proxy::handle(snapshot, request.map(Either::Left), &client).await) }
                 });
                 let io = TokioIo::new(IdleTimeoutStream::new(stream, settings.idle_timeout));
                 let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
@@ -249,12 +191,6 @@ async fn serve_proxy(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown:
     if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period ran out with requests still in flight; closing them");
     }
-}
-
-/// Resolves once shutdown has been requested (also if it already was).
-pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not Send; drop it here, inside this future.
-    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
 
 async fn metrics_upkeep(metrics: PrometheusHandle, mut shutdown: watch::Receiver<bool>) {

@@ -1,4 +1,5 @@
-//! A client socket that closes itself after a period with no bytes moving either way.
+//! A client stream that closes itself after a period with no bytes moving either way.
+//! It wraps any `AsyncRead + AsyncWrite` stream (TCP today, TLS over TCP later).
 //!
 //! hyper bounds the time to read a request head, but not a client that trickles a body,
 //! stops reading its response, or holds an HTTP/2 connection open doing nothing. This
@@ -13,15 +14,14 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 /// Checks per idle limit; the connection closes after this many quiet checks in a row.
 const CHECKS_PER_LIMIT: u32 = 4;
 
-/// A `TcpStream` with an inactivity limit.
-pub struct IdleTimeoutStream {
-    inner: TcpStream,
+/// A stream with an inactivity limit.
+pub(crate) struct IdleTimeoutStream<S> {
+    inner: S,
     check_every: Duration,
     /// Bumped on every completed read or write.
     progress: u64,
@@ -31,10 +31,10 @@ pub struct IdleTimeoutStream {
     timer: Pin<Box<Sleep>>,
 }
 
-impl IdleTimeoutStream {
+impl<S> IdleTimeoutStream<S> {
     /// Wraps `inner`; the connection fails with `TimedOut` once nothing has moved for
     /// between `limit` and 1.25 × `limit`.
-    pub fn new(inner: TcpStream, limit: Duration) -> Self {
+    pub(crate) fn new(inner: S, limit: Duration) -> Self {
         let check_every = limit / CHECKS_PER_LIMIT;
         IdleTimeoutStream {
             inner,
@@ -85,7 +85,7 @@ impl IdleTimeoutStream {
     }
 }
 
-impl AsyncRead for IdleTimeoutStream {
+impl<S: AsyncRead + Unpin> AsyncRead for IdleTimeoutStream<S> {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
@@ -93,7 +93,7 @@ impl AsyncRead for IdleTimeoutStream {
     }
 }
 
-impl AsyncWrite for IdleTimeoutStream {
+impl<S: AsyncWrite + Unpin> AsyncWrite for IdleTimeoutStream<S> {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
@@ -131,9 +131,9 @@ impl AsyncWrite for IdleTimeoutStream {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpListener;
+    use tokio::net::{TcpListener, TcpStream};
 
-    async fn pair(limit: Duration) -> (IdleTimeoutStream, TcpStream) {
+    async fn pair(limit: Duration) -> (IdleTimeoutStream<TcpStream>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("address")).await.expect("connect");
         let (server, _) = listener.accept().await.expect("accept");

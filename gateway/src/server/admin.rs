@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
-use gateway_plugin_api::Rejection;
+use gateway_plugin_api::{Rejection, codes};
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -21,11 +21,12 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::headers::request_id;
-use crate::server::{Gateway, stopped};
+use crate::proxy::headers::request_id;
+use crate::proxy::reply::render;
+use crate::server::state::{Gateway, stopped};
 
 /// Serves the admin endpoints until shutdown.
-pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+pub(crate) async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
     let builder = auto::Builder::new(TokioExecutor::new());
     let graceful = GracefulShutdown::new();
     loop {
@@ -51,9 +52,12 @@ pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: w
 
 fn respond(gateway: &Gateway, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     if request.method() != Method::GET && request.method() != Method::HEAD {
-        let rejection =
-            Rejection::new(StatusCode::METHOD_NOT_ALLOWED, "method-not-allowed", "admin endpoints answer GET only");
-        return crate::error::render(rejection, &request_id(request.headers()));
+        let rejection = Rejection::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            codes::METHOD_NOT_ALLOWED,
+            "admin endpoints answer GET only",
+        );
+        return render(rejection, &request_id(request.headers()));
     }
     match request.uri().path() {
         "/health" => json_response(StatusCode::OK, &json!({ "status": "alive" })),
@@ -70,8 +74,8 @@ fn respond(gateway: &Gateway, request: &Request<Incoming>) -> Response<Full<Byte
         "/admin/migration" => json_response(StatusCode::OK, &json!(gateway.migration_report())),
         "/admin/" | "/admin" => migration_page(gateway),
         _ => {
-            let rejection = Rejection::new(StatusCode::NOT_FOUND, "not-found", "no such admin endpoint");
-            crate::error::render(rejection, &request_id(request.headers()))
+            let rejection = Rejection::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such admin endpoint");
+            render(rejection, &request_id(request.headers()))
         }
     }
 }

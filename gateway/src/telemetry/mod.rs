@@ -1,4 +1,7 @@
-//! Logs (JSON lines on stderr) and the process-wide Prometheus recorder.
+//! Logs (JSON lines on stderr), the process-wide Prometheus recorder, and the per-route
+//! statistics behind the migration report ([`stats`]).
+
+pub(crate) mod stats;
 
 use std::sync::OnceLock;
 

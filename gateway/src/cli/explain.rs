@@ -13,7 +13,7 @@ use gateway_plugin_rollout::{Caller, Reason, client_ip};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 
-use crate::normalize::{PathError, normalize_path};
+use crate::routing::normalize::{PathError, normalize_path};
 use crate::snapshot::Snapshot;
 
 /// A request to explain.
@@ -83,7 +83,7 @@ pub fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Explanat
     let raw_path = request.path.split('?').next().unwrap_or_default();
     let path = normalize_path(raw_path).map_err(|error| ExplainError::Path { code: error.code(), error })?.into_owned();
     let route = snapshot.route(snapshot.router.find(&path));
-    let auth = snapshot.auth_modes.get(route.id.0).copied().unwrap_or(AuthMode::Off);
+    let auth = route.auth;
 
     let mut headers = HeaderMap::new();
     for (name, value) in &request.headers {

@@ -108,9 +108,9 @@ fn echo(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
 /// The lines printed for the user to try: one per route, one unmatched, the admin side.
 pub fn try_lines(snapshot: &Snapshot, listen: SocketAddr, admin: SocketAddr) -> Vec<String> {
     let mut lines = Vec::new();
-    for (route, mode) in snapshot.routes.iter().zip(&snapshot.auth_modes) {
+    for route in &snapshot.routes {
         if let (Some(prefix), Some(service)) = (&route.prefix, &route.service) {
-            let note = match mode {
+            let note = match route.auth {
                 gateway_plugin_auth::AuthMode::Required => ", 401 without the token below",
                 gateway_plugin_auth::AuthMode::Optional => ", token optional",
                 gateway_plugin_auth::AuthMode::Off => "",
@@ -155,15 +155,14 @@ pub fn token_lines(snapshot: &Snapshot, listen: SocketAddr) -> Vec<String> {
     let Some(protected) = snapshot
         .routes
         .iter()
-        .zip(&snapshot.auth_modes)
-        .find(|(route, mode)| route.prefix.is_some() && **mode == gateway_plugin_auth::AuthMode::Required)
-        .and_then(|(route, _)| route.prefix.clone())
+        .find(|route| route.prefix.is_some() && route.auth == gateway_plugin_auth::AuthMode::Required)
+        .and_then(|route| route.prefix.clone())
     else {
         return Vec::new();
     };
     let config_dir = snapshot.meta.source.parent().unwrap_or(std::path::Path::new("."));
     let key = config_dir.join(DEMO_SIGNING_KEY);
-    let request = crate::token::TokenRequest {
+    let request = crate::cli::token::TokenRequest {
         algorithm: "ES256".to_owned(),
         kid: Some(DEMO_KEY_ID.to_owned()),
         subject: Some("alice".to_owned()),
@@ -178,7 +177,7 @@ pub fn token_lines(snapshot: &Snapshot, listen: SocketAddr) -> Vec<String> {
         request.issuer.as_ref().map(|i| format!(" --iss {i}")).unwrap_or_default(),
         request.audience.as_ref().map(|a| format!(" --aud {a}")).unwrap_or_default(),
     );
-    match crate::token::mint(&key, &request, now_unix()) {
+    match crate::cli::token::mint(&key, &request, now_unix()) {
         Ok(token) => vec![
             format!("\n{protected} requires a token. One for alice, valid for an hour, signed with the demo key:"),
             format!("  export TOKEN={token}"),

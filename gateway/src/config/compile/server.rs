@@ -1,0 +1,113 @@
+//! `[server]`: listeners, limits, timeouts, trusted proxies.
+
+use super::*;
+
+impl Checker<'_> {
+    pub(super) fn check_server(
+        &mut self,
+        server: &FileServer,
+        upstreams: &BTreeMap<Spanned<String>, FileUpstream>,
+    ) -> Option<ServerSettings> {
+        let listen = self.socket_addr(&server.listen);
+        let admin_listen = match &server.admin_listen {
+            Some(admin) => self.socket_addr(admin),
+            None => Some(DEFAULT_ADMIN_LISTEN.parse().expect("the default admin address parses")),
+        };
+        if let (Some(l), Some(a), Some(admin)) = (listen, admin_listen, &server.admin_listen)
+            && l == a
+            && l.port() != 0
+        {
+            self.error(span(admin), "must differ from server.listen");
+        }
+        let default_workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+        let workers = self.bounded(&server.workers, default_workers, 1, MAX_WORKERS, "threads");
+        let max_header_bytes = self.bounded(
+            &server.max_header_bytes,
+            DEFAULT_MAX_HEADER_BYTES,
+            MIN_MAX_HEADER_BYTES,
+            MAX_MAX_HEADER_BYTES,
+            "bytes",
+        );
+        let max_headers = self.bounded(&server.max_headers, DEFAULT_MAX_HEADERS, 1, MAX_MAX_HEADERS, "headers");
+        let max_body_bytes = self.bounded(&server.max_body_bytes, DEFAULT_MAX_BODY_BYTES, 0, u64::MAX, "bytes");
+        let header_read_timeout =
+            self.bounded(&server.header_read_timeout_ms, DEFAULT_HEADER_READ_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
+        let idle_timeout = self.bounded(&server.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
+        let shutdown_grace =
+            self.bounded(&server.shutdown_grace_ms, DEFAULT_SHUTDOWN_GRACE_MS, 0, MAX_TIMEOUT_MS, "ms");
+
+        // An idle client connection is one with no bytes moving; while the gateway waits for
+        // a slow upstream nothing moves, so the idle limit must outlast every upstream timeout.
+        for (name, upstream) in upstreams {
+            let timeout = upstream.timeout_ms.as_ref().map_or(DEFAULT_UPSTREAM_TIMEOUT_MS, |t| *t.get_ref());
+            if timeout >= idle_timeout {
+                let at = server.idle_timeout_ms.as_ref().map_or_else(|| span(&server.listen), span);
+                self.error(
+                    at,
+                    format!(
+                        "server.idle_timeout_ms ({idle_timeout}) must be longer than upstreams.{}.timeout_ms ({timeout}), \
+                         or slow responses are cut off",
+                        name.get_ref()
+                    ),
+                );
+            }
+        }
+        // A running gateway cannot rebind its listeners or resize its runtime.
+        if let Some(previous) = self.previous.map(|p| &p.server) {
+            let fixed = [
+                (
+                    "server.listen",
+                    listen.map(|a| a.to_string()),
+                    previous.listen.to_string(),
+                    Some(span(&server.listen)),
+                ),
+                (
+                    "server.admin_listen",
+                    admin_listen.map(|a| a.to_string()),
+                    previous.admin_listen.to_string(),
+                    server.admin_listen.as_ref().map(span),
+                ),
+                (
+                    "server.workers",
+                    Some(workers.to_string()),
+                    previous.workers.to_string(),
+                    server.workers.as_ref().map(span),
+                ),
+            ];
+            for (key, now, before, at) in fixed {
+                if now.as_ref().is_some_and(|now| *now != before) {
+                    self.error(
+                        at.unwrap_or_else(|| span(&server.listen)),
+                        format!(
+                            "{key} changed from {before} to {}: it cannot change while the gateway runs; \
+                             restart to apply it (the running config keeps serving)",
+                            now.unwrap_or_default()
+                        ),
+                    );
+                }
+            }
+        }
+        let mut trusted_proxies = Vec::new();
+        for entry in server.trusted_proxies.iter().flatten() {
+            let text = entry.get_ref();
+            let parsed = text.parse::<IpNet>().or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
+            match parsed {
+                Ok(net) => trusted_proxies.push(net),
+                Err(_) => self.error(span(entry), format!("\"{text}\" is not an IP address or CIDR (10.0.0.0/8)")),
+            }
+        }
+        Some(ServerSettings {
+            trusted_proxies,
+            listen: listen?,
+            admin_listen: admin_listen?,
+            workers: workers as usize,
+            max_header_bytes: max_header_bytes as usize,
+            max_headers: max_headers as usize,
+            max_body_bytes,
+            header_read_timeout: Duration::from_millis(header_read_timeout),
+            idle_timeout: Duration::from_millis(idle_timeout),
+            shutdown_grace: Duration::from_millis(shutdown_grace),
+            access_log: server.access_log.unwrap_or(true),
+        })
+    }
+}

@@ -1,0 +1,422 @@
+use super::*;
+use gateway_plugin_auth::AuthMode;
+
+const BASE: &str = r#"
+[server]
+listen = "127.0.0.1:8080"
+default_upstream = "monolith"
+
+[upstreams.monolith]
+url = "http://127.0.0.1:3000"
+
+[upstreams.users]
+url = "http://127.0.0.1:3001"
+timeout_ms = 2000
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match compile(Path::new("routes.toml"), text, 1) {
+        Ok(_) => Vec::new(),
+        Err(ConfigError::Invalid { diagnostics, .. }) => diagnostics.iter().map(|d| d.to_string()).collect(),
+        Err(e) => vec![e.to_string()],
+    }
+}
+
+/// Each snippet's errors include the expected text (line:col, key path, message).
+fn assert_each_error(cases: &[(String, &str)]) {
+    for (text, expected) in cases {
+        let got = errors(text);
+        assert!(got.iter().any(|e| e.contains(expected)), "expected {expected:?} in {got:#?}\n--- config ---\n{text}");
+    }
+}
+
+#[test]
+fn a_good_config_compiles() {
+    let text = format!("{BASE}\n[[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\n");
+    let snapshot = compile(Path::new("routes.toml"), &text, 7).expect("valid");
+    assert_eq!(snapshot.meta.version, 7);
+    assert_eq!(snapshot.routes.len(), 2);
+    assert_eq!(snapshot.router.find("/api/users/1"), RouteId(0));
+    assert_eq!(snapshot.router.find("/elsewhere"), RouteId(1));
+    assert_eq!(&*snapshot.default_route().monolith.name, "monolith");
+    assert_eq!(snapshot.server.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+    assert_eq!(snapshot.meta.checksum.len(), 64);
+}
+
+/// Each bad snippet yields a message with line:col, the key path and what is wrong.
+#[test]
+fn bad_snippets_name_line_column_and_key() {
+    let route = |body: &str| format!("{BASE}\n[[routes]]\n{body}\n");
+    let cases: Vec<(String, &str)> = vec![
+        (format!("{BASE}\nbogus = 1\n"), "13:1: upstreams.users.bogus: unknown field `bogus`"),
+        (
+            BASE.replace("listen = \"127.0.0.1:8080\"", "listen = \"localhost\""),
+            "3:10: server.listen: \"localhost\" is not IP:PORT",
+        ),
+        (
+            BASE.replace("default_upstream = \"monolith\"", "default_upstream = \"mono\""),
+            "4:20: server.default_upstream: unknown upstream \"mono\" (defined: monolith, users)",
+        ),
+        (
+            BASE.replace("timeout_ms = 2000", "timeout_ms = 0"),
+            "11:14: upstreams.users.timeout_ms: must be between 1 and 3600000 ms, got 0",
+        ),
+        (
+            BASE.replace("timeout_ms = 2000", "timeout_ms = \"2s\""),
+            "11:14: upstreams.users.timeout_ms: invalid type: string \"2s\", expected u64",
+        ),
+        (
+            BASE.replace("http://127.0.0.1:3001", "https://127.0.0.1:3001"),
+            "10:7: upstreams.users.url: \"https://127.0.0.1:3001\": https upstreams are not supported yet",
+        ),
+        (
+            BASE.replace("http://127.0.0.1:3001", "http://127.0.0.1:3001/v1"),
+            "10:7: upstreams.users.url: \"http://127.0.0.1:3001/v1\": the url must not have a path",
+        ),
+        (
+            route("name = \"users\"\nprefix = \"api/users\"\nservice = \"users\""),
+            "15:10: routes[0].prefix: \"api/users\": a prefix starts with '/'",
+        ),
+        (
+            route("name = \"users\"\nprefix = \"/api/users/\"\nservice = \"users\""),
+            "15:10: routes[0].prefix: \"/api/users/\": drop the trailing '/'",
+        ),
+        (
+            route("name = \"users\"\nprefix = \"/api/../users\"\nservice = \"users\""),
+            "15:10: routes[0].prefix: \"/api/../users\": a prefix must be a normalised path",
+        ),
+        (
+            route("name = \"users\"\nprefix = \"/api/users\"\nservice = \"userz\""),
+            "16:11: routes[0].service: unknown upstream \"userz\"",
+        ),
+        (
+            route("name = \"Users!\"\nprefix = \"/api/users\"\nservice = \"users\""),
+            "14:8: routes[0].name: route names use only",
+        ),
+        (route("name = \"users\"\nprefix = \"/api/users\""), "13:1: routes[0]: missing field `service`"),
+        (
+            route(
+                "name = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\n[[routes]]\nname = \"users\"\nprefix = \"/API/Users\"\nservice = \"users\"",
+            ),
+            "18:8: routes[1].name: duplicate route name \"users\"",
+        ),
+        (
+            BASE.replace("[upstreams.monolith]", "idle_timeout_ms = 2000\n[upstreams.monolith]"),
+            "server.idle_timeout_ms (2000) must be longer than upstreams.users.timeout_ms (2000)",
+        ),
+        ("[server\n".to_owned(), "1:8: unclosed table"),
+    ];
+    assert_each_error(&cases);
+}
+
+const FIXTURE_KEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/keys");
+
+fn with_auth(auth: &str, route_extra: &str) -> String {
+    format!(
+        "{BASE}\n[[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\n{route_extra}\n[auth]\n{auth}\n"
+    )
+}
+
+#[test]
+fn an_auth_section_compiles_with_route_defaults() {
+    let text = with_auth(
+        &format!(
+            "algorithms = [\"RS256\", \"ES256\"]\njwks_file = \"{FIXTURE_KEYS}/jwks.json\"\nissuer = \"i\"\naudience = [\"api\"]\nclaims_to_headers = {{ sub = \"x-user-id\" }}"
+        ),
+        "",
+    );
+    let snapshot = compile(Path::new("routes.toml"), &text, 1).unwrap_or_else(|e| panic!("{e}"));
+    assert!(snapshot.auth.is_some());
+    assert_eq!(
+        snapshot.routes.iter().map(|r| r.auth).collect::<Vec<_>>(),
+        [AuthMode::Required, AuthMode::Off],
+        "routes default to required, unmatched to off"
+    );
+    assert_eq!(snapshot.plugins.authenticate.len(), 1);
+}
+
+#[test]
+fn bad_auth_snippets_name_line_column_and_key() {
+    let jwks = format!("jwks_file = \"{FIXTURE_KEYS}/jwks.json\"");
+    let cases: Vec<(String, &str)> = vec![
+        (
+            with_auth(&format!("algorithms = [\"none\"]\n{jwks}"), ""),
+            "19:15: auth.algorithms[0]: \"none\" is never accepted",
+        ),
+        (
+            with_auth(&format!("algorithms = [\"RS256\", \"XS1\"]\n{jwks}"), ""),
+            "19:24: auth.algorithms[1]: unknown algorithm \"XS1\"",
+        ),
+        (
+            with_auth(&format!("algorithms = [\"HS256\"]\n{jwks}"), ""),
+            "19:15: auth.algorithms[0]: no configured key can verify HS256",
+        ),
+        (with_auth("algorithms = [\"RS256\"]", ""), "18:1: auth: give exactly one key source"),
+        (
+            with_auth(&format!("algorithms = [\"RS256\"]\n{jwks}\npublic_key_file = \"k.pem\""), ""),
+            "21:19: auth.public_key_file: give exactly one key source",
+        ),
+        (
+            with_auth("algorithms = [\"RS256\"]\njwks_file = \"/nonexistent/jwks.json\"", ""),
+            "20:13: auth.jwks_file: cannot read /nonexistent/jwks.json",
+        ),
+        (
+            with_auth("algorithms = [\"HS256\"]\nhs256_secret_env = \"GATEWAY_TEST_SECRET_THAT_IS_NOT_SET\"", ""),
+            "20:20: auth.hs256_secret_env: environment variable GATEWAY_TEST_SECRET_THAT_IS_NOT_SET is not set",
+        ),
+        (
+            with_auth(
+                &format!("algorithms = [\"RS256\"]\n{jwks}\nclaims_to_headers = {{ sub = \"authorization\" }}"),
+                "",
+            ),
+            "21:29: auth.claims_to_headers.sub: \"authorization\" cannot carry a claim",
+        ),
+        (
+            with_auth(&format!("algorithms = [\"RS256\"]\n{jwks}\nleeway_seconds = 3600"), ""),
+            "21:18: auth.leeway_seconds: must be between 0 and 300 seconds",
+        ),
+        (
+            with_auth(&format!("algorithms = [\"RS256\"]\n{jwks}"), "auth = \"sometimes\""),
+            "17:8: routes[0].auth: unknown variant `sometimes`",
+        ),
+        (
+            format!(
+                "{BASE}\n[[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\nauth = \"required\"\n"
+            ),
+            "17:8: routes[0].auth: checking tokens needs an [auth] section",
+        ),
+    ];
+    assert_each_error(&cases);
+}
+
+#[test]
+fn bad_rollout_snippets_name_line_column_and_key() {
+    let route = |extra: &str| {
+        format!("{BASE}\n[[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\n{extra}\n")
+    };
+    let segments = "\n[segments.beta]\nheader = \"x-beta\"\nequals = \"1\"\n[segments.staff]\nclaim = \"email\"\nends_with = \"@company.com\"\n";
+    let cases: Vec<(String, &str)> = vec![
+        (
+            route("rollout_percent = 33.333\nsticky = \"ip\""),
+            "17:19: routes[0].rollout_percent: must be 0 to 100 in steps of 0.01, got 33.333",
+        ),
+        (
+            route("rollout_percent = 101\nsticky = \"ip\""),
+            "routes[0].rollout_percent: must be 0 to 100 in steps of 0.01, got 101",
+        ),
+        (route("rollout_percent = 25"), "17:19: routes[0].rollout_percent: a partial rollout needs a sticky key"),
+        (
+            route("rollout_percent = 25\nsticky = \"query:uid\""),
+            "18:10: routes[0].sticky: \"query:uid\" is not claim:NAME",
+        ),
+        (
+            route("rollout_percent = 25\nsticky = \"claim:sub\""),
+            "routes[0].sticky: claims exist only on routes that check tokens",
+        ),
+        (
+            route("segments = [\"gamma\"]") + segments,
+            "17:13: routes[0].segments[0]: unknown segment \"gamma\" (defined: beta, staff)",
+        ),
+        (
+            route("segments = [\"staff\"]") + segments,
+            "routes[0].segments[0]: segment staff tests a claim, and this route has auth = \"off\"",
+        ),
+        (
+            format!("{BASE}\n[segments.both]\nclaim = \"a\"\nheader = \"b\"\nequals = \"c\"\n"),
+            "segments.both.header: a segment tests either a claim or a header",
+        ),
+        (
+            format!("{BASE}\n[segments.hdr]\nheader = \"b\"\nends_with = \"c\"\n"),
+            "segments.hdr.header: a header segment takes exactly one test: equals",
+        ),
+        (
+            format!("{BASE}\n[segments.two]\nclaim = \"a\"\nequals = \"b\"\ncontains = \"c\"\n"),
+            "segments.two.contains: a claim segment needs exactly one of",
+        ),
+        (
+            BASE.replace(
+                "default_upstream = \"monolith\"",
+                "default_upstream = \"monolith\"\ntrusted_proxies = [\"10.0.0.0/8\", \"lb\"]",
+            ),
+            "5:34: server.trusted_proxies[1]: \"lb\" is not an IP address or CIDR",
+        ),
+    ];
+    assert_each_error(&cases);
+}
+
+#[test]
+fn route_policies_compile_with_defaults() {
+    let text = format!(
+        "{BASE}\n[[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\nrollout_percent = 12.5\nsticky = \"header:x-user\"\n\n[[routes]]\nname = \"all\"\nprefix = \"/all\"\nservice = \"users\"\n"
+    );
+    let snapshot = compile(Path::new("routes.toml"), &text, 1).unwrap_or_else(|e| panic!("{e}"));
+    let policy = snapshot.routes[0].policy.as_ref().expect("a routed route has a policy");
+    assert_eq!(policy.percent.buckets(), 1250);
+    assert_eq!(policy.sticky.as_ref().map(ToString::to_string).as_deref(), Some("header:x-user"));
+    let full = snapshot.routes[1].policy.as_ref().expect("policy");
+    assert_eq!(full.percent, gateway_plugin_rollout::BasisPoints::ALL, "no rollout_percent means 100%");
+    assert!(full.sticky.is_none());
+    assert!(snapshot.routes[2].policy.is_none(), "the default route has no dial");
+}
+
+#[test]
+fn a_reload_keeps_what_did_not_change() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("routes.toml");
+    let auth = format!(
+        "\n[auth]\nalgorithms = [\"ES256\"]\njwks_file = \"{FIXTURE_KEYS}/jwks.json\"\nclaims_to_headers = {{ sub = \"x-user-id\" }}\n"
+    );
+    let first = format!("{BASE}{auth}");
+    std::fs::write(&path, &first).expect("write");
+    let v1 = load(&path, 1).expect("valid");
+    assert!(load_next(&path, &v1).expect("readable").is_none(), "the same bytes are not a reload");
+
+    std::fs::write(&path, format!("{first}\n# a comment changes the checksum\n")).expect("write");
+    let v2 = load_next(&path, &v1).expect("valid").expect("changed");
+    assert_eq!(v2.meta.version, 2);
+    assert!(Arc::ptr_eq(&v1.upstreams["users"], &v2.upstreams["users"]), "unchanged upstream keeps its pool");
+    assert!(Arc::ptr_eq(v1.auth.as_ref().expect("auth"), v2.auth.as_ref().expect("auth")), "token cache kept");
+
+    let moved = first.replace("http://127.0.0.1:3001", "http://127.0.0.1:3999");
+    let with_other_keys = moved.replace("jwks.json", "ec-public.pem").replace("jwks_file", "public_key_file");
+    std::fs::write(&path, &with_other_keys).expect("write");
+    let v3 = load_next(&path, &v2).expect("valid").expect("changed");
+    assert!(!Arc::ptr_eq(&v2.upstreams["users"], &v3.upstreams["users"]), "a new url gets a new pool");
+    assert!(Arc::ptr_eq(&v2.upstreams["monolith"], &v3.upstreams["monolith"]));
+    assert!(!Arc::ptr_eq(v2.auth.as_ref().expect("auth"), v3.auth.as_ref().expect("auth")), "new keys, new cache");
+}
+
+#[test]
+fn settings_that_cannot_change_live_are_refused_on_reload() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("routes.toml");
+    std::fs::write(&path, BASE).expect("write");
+    let v1 = load(&path, 1).expect("valid");
+    let edits = [
+        (
+            BASE.replace("127.0.0.1:8080", "127.0.0.1:8081"),
+            "3:10: server.listen: server.listen changed from 127.0.0.1:8080 to 127.0.0.1:8081",
+        ),
+        (
+            BASE.replace(
+                "default_upstream = \"monolith\"",
+                "default_upstream = \"monolith\"\nadmin_listen = \"127.0.0.1:9999\"",
+            ),
+            "server.admin_listen changed from 127.0.0.1:9901 to 127.0.0.1:9999",
+        ),
+        (
+            BASE.replace("default_upstream = \"monolith\"", "default_upstream = \"monolith\"\nworkers = 999"),
+            "server.workers changed from",
+        ),
+    ];
+    for (text, expected) in edits {
+        std::fs::write(&path, &text).expect("write");
+        let error = load_next(&path, &v1).expect_err("refused").to_string();
+        assert!(error.contains(expected), "expected {expected:?} in {error}");
+        assert!(error.contains("restart to apply it"), "{error}");
+    }
+}
+
+#[test]
+fn bad_breaker_and_fallback_snippets_name_line_column_and_key() {
+    let with_breaker =
+        |breaker: &str| BASE.replace("timeout_ms = 2000", &format!("timeout_ms = 2000\nbreaker = {{ {breaker} }}"));
+    let route = |extra: &str| {
+        format!("{BASE}\n[[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\n{extra}\n")
+    };
+    let cases: Vec<(String, &str)> = vec![
+        (
+            with_breaker("failures = 0"),
+            "12:24: upstreams.users.breaker.failures: must be between 1 and 1000000 failures, got 0",
+        ),
+        (
+            with_breaker("failure_statuses = [\"5xx\"]"),
+            "upstreams.users.breaker.failure_statuses[0]: \"5xx\" is not a status (\"503\") or a range (\"500-599\")",
+        ),
+        (with_breaker("failure_statuses = [\"599-500\"]"), "\"599-500\" is not a status"),
+        (
+            with_breaker("error_rate_percent = 150.0"),
+            "upstreams.users.breaker.error_rate_percent: must be above 0 and at most 100, got 150",
+        ),
+        (
+            with_breaker("min_requests = 10"),
+            "upstreams.users.breaker.min_requests: min_requests applies to error_rate_percent, which is not set",
+        ),
+        (with_breaker("flures = 3"), "upstreams.users.breaker.flures: unknown field `flures`"),
+        (
+            route("fallback = \"sometimes\""),
+            "17:12: routes[0].fallback: unknown variant `sometimes`, expected `safe` or `never`",
+        ),
+    ];
+    assert_each_error(&cases);
+    let good = with_breaker(
+        "failures = 3, error_rate_percent = 50.0, min_requests = 10, failure_statuses = [\"502-504\", \"429\"]",
+    );
+    let snapshot = compile(Path::new("routes.toml"), &good, 1).unwrap_or_else(|e| panic!("{e}"));
+    let users = &snapshot.upstreams["users"];
+    assert!(users.is_failure_status(429) && users.is_failure_status(503) && !users.is_failure_status(500));
+    assert_eq!(users.breaker.as_ref().expect("a breaker").settings().failures, 3);
+    assert!(snapshot.upstreams["monolith"].breaker.is_none());
+}
+
+#[test]
+fn bad_aggregate_snippets_name_line_column_and_key() {
+    let aggregate = |body: &str| format!("{BASE}\n[[aggregates]]\nname = \"dash\"\npath = \"/api/dash\"\n{body}\n");
+    let cases: Vec<(String, &str)> = vec![
+        (aggregate("parts = []"), "16:9: aggregates[0].parts: list at least one part"),
+        (
+            aggregate("parts = [{ name = \"a\", upstream = \"nope\", path = \"/x\" }]"),
+            "aggregates[0].parts[0].upstream: unknown upstream \"nope\"",
+        ),
+        (
+            aggregate("parts = [{ name = \"a\", route = \"nope\", path = \"/x\" }]"),
+            "aggregates[0].parts[0].route: unknown route \"nope\"",
+        ),
+        (
+            aggregate("parts = [{ name = \"a\", path = \"/x\" }]"),
+            "aggregates[0].parts[0].name: a part names exactly one of upstream or route",
+        ),
+        (
+            aggregate("parts = [{ name = \"a\", upstream = \"users\", path = \"x\" }]"),
+            "aggregates[0].parts[0].path: \"x\" is not a path",
+        ),
+        (
+            aggregate("parts = [{ name = \"_errors\", upstream = \"users\", path = \"/x\" }]"),
+            "part names are unique and do not start with '_'",
+        ),
+        (
+            aggregate(
+                "timeout_ms = 500\nparts = [{ name = \"a\", upstream = \"users\", path = \"/x\", timeout_ms = 900 }]",
+            ),
+            "aggregates[0].parts[0].timeout_ms: must be between 1 and the aggregate's timeout_ms (500), got 900",
+        ),
+        (
+            aggregate("parts = [{ name = \"a\", upstream = \"users\", path = \"/x\" }]")
+                + "\n[[routes]]\nname = \"dash\"\nprefix = \"/d\"\nservice = \"users\"\n",
+            "another route or aggregate is named \"dash\"",
+        ),
+        (
+            aggregate("parts = [{ name = \"a\", upstream = \"users\", path = \"/x\" }]")
+                .replace("/api/dash", "/api/dash/"),
+            "aggregates[0].path: \"/api/dash/\": drop the trailing '/'",
+        ),
+    ];
+    assert_each_error(&cases);
+}
+
+#[test]
+fn every_problem_is_reported_at_once() {
+    let text = BASE
+        .replace("listen = \"127.0.0.1:8080\"", "listen = \"nope\"")
+        .replace("default_upstream = \"monolith\"", "default_upstream = \"missing\"")
+        .replace("timeout_ms = 2000", "timeout_ms = 0");
+    let got = errors(&text);
+    assert_eq!(got.len(), 3, "{got:#?}");
+    assert!(got[0].starts_with("3:"), "sorted by line: {got:#?}");
+}
+
+#[test]
+fn the_error_names_the_file() {
+    let err = compile(Path::new("conf/routes.toml"), "[server]\n", 1).expect_err("missing keys");
+    assert!(err.to_string().starts_with("conf/routes.toml:1:1: server: missing field `listen`"), "{err}");
+}

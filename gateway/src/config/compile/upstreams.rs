@@ -1,0 +1,117 @@
+//! `[upstreams.<name>]`: urls, timeouts, pools, breakers and failure statuses.
+
+use super::*;
+
+impl Checker<'_> {
+    pub(super) fn check_upstreams(
+        &mut self,
+        upstreams: &BTreeMap<Spanned<String>, FileUpstream>,
+    ) -> Vec<(UpstreamSettings, Authority)> {
+        let mut out = Vec::new();
+        for (name, upstream) in upstreams {
+            if !is_identifier(name.get_ref()) {
+                self.error(span(name), "upstream names use only a-z, 0-9, '-' and '_'");
+            }
+            let authority = self.upstream_authority(&upstream.url);
+            let timeout = self.bounded(&upstream.timeout_ms, DEFAULT_UPSTREAM_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
+            let connect_timeout =
+                self.bounded(&upstream.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
+            let pool_idle_timeout =
+                self.bounded(&upstream.pool_idle_timeout_ms, DEFAULT_POOL_IDLE_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
+            let pool_max_idle = self.bounded(&upstream.pool_max_idle, DEFAULT_POOL_MAX_IDLE, 0, 65_536, "connections");
+            let (breaker, failure_statuses) = match &upstream.breaker {
+                Some(breaker) => self.check_breaker(breaker.get_ref()),
+                None => (None, vec![(500, 599)]),
+            };
+            if let Some(authority) = authority {
+                let settings = UpstreamSettings {
+                    name: name.get_ref().clone(),
+                    url: upstream.url.get_ref().clone(),
+                    timeout: Duration::from_millis(timeout),
+                    connect_timeout: Duration::from_millis(connect_timeout),
+                    pool_idle_timeout: Duration::from_millis(pool_idle_timeout),
+                    pool_max_idle: pool_max_idle as usize,
+                    breaker,
+                    failure_statuses,
+                };
+                out.push((settings, authority));
+            }
+        }
+        out
+    }
+
+    pub(super) fn check_breaker(&mut self, breaker: &FileBreaker) -> (Option<BreakerSettings>, Vec<(u16, u16)>) {
+        let failures = self.bounded(&breaker.failures, DEFAULT_BREAKER_FAILURES, 1, 1_000_000, "failures");
+        let window = self.bounded(&breaker.window_seconds, DEFAULT_BREAKER_WINDOW_SECONDS, 1, 3_600, "seconds");
+        let open = self.bounded(&breaker.open_seconds, DEFAULT_BREAKER_OPEN_SECONDS, 1, 3_600, "seconds");
+        let half_open =
+            self.bounded(&breaker.half_open_requests, DEFAULT_BREAKER_HALF_OPEN_REQUESTS, 1, 10_000, "requests");
+        let min_requests = self.bounded(&breaker.min_requests, DEFAULT_BREAKER_MIN_REQUESTS, 1, 1_000_000, "requests");
+        let error_rate = breaker.error_rate_percent.as_ref().and_then(|rate| {
+            let percent = *rate.get_ref();
+            if percent > 0.0 && percent <= 100.0 {
+                Some(ErrorRate { percent, min_requests: min_requests as u32 })
+            } else {
+                self.error(span(rate), format!("must be above 0 and at most 100, got {percent}"));
+                None
+            }
+        });
+        if breaker.min_requests.is_some() && breaker.error_rate_percent.is_none() {
+            let at = breaker.min_requests.as_ref().map(span).expect("checked just above");
+            self.error(at, "min_requests applies to error_rate_percent, which is not set");
+        }
+        let mut statuses = Vec::new();
+        for entry in breaker.failure_statuses.iter().flatten() {
+            let text = entry.get_ref();
+            let parse = |s: &str| s.trim().parse::<u16>().ok().filter(|code| (100..=599).contains(code));
+            let range = match text.split_once('-') {
+                Some((low, high)) => parse(low).zip(parse(high)).filter(|(l, h)| l <= h),
+                None => parse(text).map(|code| (code, code)),
+            };
+            match range {
+                Some(range) => statuses.push(range),
+                None => {
+                    self.error(span(entry), format!("\"{text}\" is not a status (\"503\") or a range (\"500-599\")"))
+                }
+            }
+        }
+        if breaker.failure_statuses.is_none() {
+            statuses.push((500, 599));
+        }
+        let settings = BreakerSettings {
+            failures: failures as u32,
+            window: Duration::from_secs(window),
+            open_for: Duration::from_secs(open),
+            half_open_requests: half_open as u32,
+            error_rate,
+        };
+        (Some(settings), statuses)
+    }
+
+    pub(super) fn upstream_authority(&mut self, url: &Spanned<String>) -> Option<Authority> {
+        let text = url.get_ref();
+        let uri = match text.parse::<Uri>() {
+            Ok(uri) => uri,
+            Err(e) => {
+                self.error(span(url), format!("\"{text}\" is not a url ({e}); write it as http://HOST:PORT"));
+                return None;
+            }
+        };
+        let problem = match (uri.scheme_str(), uri.authority()) {
+            (Some("https"), _) => {
+                Some("https upstreams are not supported yet; use http:// (TLS to upstreams is planned)")
+            }
+            (Some("http"), Some(a)) if a.as_str().contains('@') => Some("credentials in the url are not allowed"),
+            (Some("http"), Some(_)) if !matches!(uri.path(), "" | "/") || uri.query().is_some() => {
+                Some("the url must not have a path or query: the upstream receives the path the client sent")
+            }
+            (Some("http"), Some(_)) => None,
+            _ => Some("write the url as http://HOST:PORT"),
+        };
+        if let Some(problem) = problem {
+            self.error(span(url), format!("\"{text}\": {problem}"));
+            return None;
+        }
+        uri.authority().cloned()
+    }
+}

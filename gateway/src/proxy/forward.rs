@@ -1,0 +1,174 @@
+//! Phase: forward. Sends the request to the chosen side; a service that fails is replaced
+//! by the route's monolith when a replay is safe.
+//!
+//! The fallback rules, in one place:
+//! - a request that never left the gateway (breaker refusal, connect failure) is replayed
+//!   for any method (a breaker refusal always; the others with `fallback = "safe"`);
+//! - after sending, only an idempotent request whose whole body was buffered (at most
+//!   `fallback_body_limit`) is replayed, and only before any response byte reached the
+//!   client, which is always the case here: the response head is still in hand;
+//! - a body over the limit is the client's doing: 413, no fallback.
+
+use bytes::Bytes;
+use gateway_plugin_api::{FallbackReason, RequestCtx, Target};
+use http::{Method, Request, Response, Uri, Version};
+use http_body_util::{Either, Full};
+use hyper::body::Body;
+
+use super::reply::ProxyError;
+use super::{Selection, is_idempotent};
+use crate::snapshot::Route;
+use crate::upstream::call::{CallFailure, call};
+use crate::upstream::{ResponseBody, Upstream, UpstreamBody, UpstreamError};
+
+/// Sends `request` to the selected side and returns the response head to pass on.
+pub(super) async fn forward(
+    route: &Route,
+    ctx: &mut RequestCtx,
+    selection: Selection<'_>,
+    request: Request<UpstreamBody>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let request = match (&route.service, selection.target) {
+        (Some(service), Target::Service) => match call_service(route, service, request).await {
+            ServiceResult::Answered(response) => return Ok(response),
+            ServiceResult::Failed(error) => return Err(error),
+            ServiceResult::FallBack { request, reason } => {
+                fell_back(ctx, route, service, reason);
+                request
+            }
+        },
+        _ => {
+            if let (true, Some(service)) = (selection.diverted, &route.service) {
+                fell_back(ctx, route, service, FallbackReason::BreakerOpen);
+            }
+            request
+        }
+    };
+    // The monolith side: the route's monolith, or the default upstream.
+    call(&route.monolith, request).await.map_err(call_error)
+}
+
+/// The reply for a call that produced no response head.
+pub(crate) fn call_error(failure: CallFailure) -> ProxyError {
+    match failure {
+        CallFailure::Failed { error: UpstreamError::BodyTooLarge, .. } => {
+            ProxyError::Upstream(UpstreamError::BodyTooLarge)
+        }
+        CallFailure::Failed { error, .. } => ProxyError::Upstream(error),
+        CallFailure::Refused { retry_after, .. } => ProxyError::BreakerOpen { retry_after },
+    }
+}
+
+/// The fallback reason for an exchange that failed.
+pub(crate) fn failure_reason(error: &UpstreamError) -> FallbackReason {
+    match error {
+        UpstreamError::Connect { .. } => FallbackReason::ConnectError,
+        UpstreamError::Timeout { .. } => FallbackReason::Timeout,
+        UpstreamError::BodyTooLarge | UpstreamError::Exchange { .. } => FallbackReason::ExchangeError,
+    }
+}
+
+/// Records a fallback on the request and logs it once.
+fn fell_back(ctx: &mut RequestCtx, route: &Route, service: &Upstream, reason: FallbackReason) {
+    ctx.fallback = Some(reason);
+    ctx.target = Some(Target::Monolith);
+    ctx.upstream = Some(route.monolith.name.clone());
+    tracing::warn!(
+        request_id = ctx.request_id.to_str().unwrap_or(""),
+        route = &*route.name,
+        from = &*service.name,
+        to = &*route.monolith.name,
+        reason = reason.as_str(),
+        "fallback to the monolith"
+    );
+}
+
+enum ServiceResult {
+    /// The service answered (a failure status is passed on when a replay is not safe).
+    Answered(Response<ResponseBody>),
+    /// Replay this request on the monolith.
+    FallBack { request: Request<UpstreamBody>, reason: FallbackReason },
+    /// The service failed and replay is not safe (or not wanted), or the client's body
+    /// could not be read.
+    Failed(ProxyError),
+}
+
+/// Calls the service, keeping what a safe replay needs (see the module rules).
+async fn call_service(route: &Route, service: &Upstream, request: Request<UpstreamBody>) -> ServiceResult {
+    let (parts, body) = request.into_parts();
+    let replayable_after_send = route.fallback.enabled
+        && is_idempotent(&parts.method)
+        && body.size_hint().upper().is_some_and(|upper| upper <= route.fallback.body_limit);
+    let (request, replay_copy) = if replayable_after_send {
+        let bytes = match buffer(body, route.fallback.body_limit).await {
+            Ok(bytes) => bytes,
+            Err(error) => return ServiceResult::Failed(error),
+        };
+        // A replay needs the request line and headers, not hyper's per-request extensions.
+        let copy = ReplayCopy {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            headers: parts.headers.clone(),
+            body: bytes.clone(),
+        };
+        (Request::from_parts(parts, Either::Right(Full::new(bytes))), Some(copy))
+    } else {
+        (Request::from_parts(parts, body), None)
+    };
+    match call(service, request).await {
+        Ok(response) if service.is_failure_status(response.status().as_u16()) && replay_copy.is_some() => {
+            // The service's failure head is dropped unread: nothing of it reached the client.
+            drop(response);
+            let request = replay_of(replay_copy).expect("checked is_some");
+            ServiceResult::FallBack { request, reason: FallbackReason::Status5xx }
+        }
+        Ok(response) => ServiceResult::Answered(response),
+        Err(CallFailure::Failed { error: UpstreamError::BodyTooLarge, .. }) => {
+            ServiceResult::Failed(ProxyError::Upstream(UpstreamError::BodyTooLarge))
+        }
+        // An open breaker routes to the monolith whatever `fallback` says.
+        Err(CallFailure::Refused { request, .. }) => {
+            ServiceResult::FallBack { request, reason: FallbackReason::BreakerOpen }
+        }
+        Err(CallFailure::Failed { error, unsent }) => {
+            let reason = failure_reason(&error);
+            match (route.fallback.enabled, unsent, replay_of(replay_copy)) {
+                (true, Some(request), _) | (true, None, Some(request)) => ServiceResult::FallBack { request, reason },
+                _ => ServiceResult::Failed(ProxyError::Upstream(error)),
+            }
+        }
+    }
+}
+
+/// Reads a body that is to be replayable; most such requests (GETs) have none.
+async fn buffer(body: UpstreamBody, limit: u64) -> Result<Bytes, ProxyError> {
+    if body.is_end_stream() {
+        return Ok(Bytes::new());
+    }
+    match http_body_util::BodyExt::collect(body).await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if crate::upstream::caused_by::<http_body_util::LengthLimitError>(&*e) => {
+            Err(ProxyError::BodyTooLarge { limit })
+        }
+        Err(_) => Err(ProxyError::BodyReadFailed),
+    }
+}
+
+/// What a replay after sending needs: the request without hyper's extensions.
+struct ReplayCopy {
+    method: Method,
+    uri: Uri,
+    headers: http::HeaderMap,
+    body: Bytes,
+}
+
+fn replay_of(copy: Option<ReplayCopy>) -> Option<Request<UpstreamBody>> {
+    copy.map(|copy| {
+        let mut request = Request::new(Either::Right(Full::new(copy.body)));
+        *request.method_mut() = copy.method;
+        *request.uri_mut() = copy.uri;
+        *request.version_mut() = Version::HTTP_11;
+        *request.headers_mut() = copy.headers;
+        request
+    })
+}

@@ -1,0 +1,327 @@
+//! The fixed request pipeline: one function per phase, in an order config never changes.
+//!
+//! ```text
+//!  request ─► load snapshot (once) ─► normalise ──────────────────400────────┐
+//!                                        │                                    │
+//!                                      route (router; client IP)              │
+//!                                        │                                    │
+//!                               authenticate* (auth) ──────────401────────────┤
+//!                                        │                                    │
+//!                               on_request* (rate limit) ──────429────────────┤
+//!                                        │                                    │
+//!                      select_target: breaker > segment > dial                │
+//!                          │                          │                       │
+//!                       aggregate                  admit (breaker permit,     │
+//!                    (parts in parallel)            in upstream::call)        │
+//!                          │                          │                       │
+//!                          │                  upstream_request* (edit the     │
+//!                          │                  request, side requests)         │
+//!                          │                          │                       │
+//!                          │                  forward (413, 502, 503, 504;    │
+//!                          │                  safe fallback to the monolith)──┤
+//!                          ▼                          ▼                       ▼
+//!                       respond: hop-by-hop out, x-request-id, on_response* ◄─ (JSON reply)
+//!                                        │
+//!                    complete: on_complete* (metrics), route stats, access log (always)
+//! ```
+//! (`*`: the registered plugins of that phase, in registry order.)
+
+pub(crate) mod aggregate;
+mod forward;
+pub mod headers;
+pub(crate) mod reply;
+#[cfg(test)]
+mod tests;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use gateway_plugin_api::{Flow, Outcome, Plugin, RequestCtx, Target, codes};
+use gateway_plugin_rollout::{Caller, ServiceHealth, client_ip};
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{Either, Limited};
+use hyper::body::Body;
+
+use crate::clock;
+use crate::proxy::headers::X_REQUEST_ID;
+use crate::proxy::reply::ProxyError;
+use crate::routing::normalize::normalize_path;
+use crate::snapshot::{Route, Snapshot};
+use crate::upstream::call::SideRequests;
+use crate::upstream::{ClientBody, ResponseBody, Upstream};
+
+/// Status logged and counted when the client goes away before the response (nginx's 499).
+const CLIENT_CLOSED_REQUEST: u16 = 499;
+/// How often one hook may ask to wait for one request before the request is refused.
+const MAX_WAITS_PER_HOOK: u32 = 2;
+
+/// The client connection's peer, formatted once per connection.
+#[derive(Clone, Debug)]
+pub(crate) struct Peer {
+    /// The peer address.
+    pub(crate) ip: IpAddr,
+    /// The same, as a header value for `x-forwarded-for`.
+    pub(crate) header: HeaderValue,
+}
+
+impl Peer {
+    /// A peer at `ip`.
+    pub(crate) fn new(ip: IpAddr) -> Self {
+        Peer { ip, header: HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value") }
+    }
+}
+
+/// Runs one request through every phase and returns the response to send.
+pub(crate) async fn handle(
+    snapshot: Arc<Snapshot>,
+    request: Request<ClientBody>,
+    peer: &Peer,
+) -> Response<ResponseBody> {
+    let request_id = headers::request_id(request.headers());
+    let mut in_flight = InFlight {
+        method: request.method().clone(),
+        ctx: RequestCtx::new(request_id, clock::now()),
+        gateway_error: None,
+        completed: false,
+        snapshot,
+    };
+    let result = run(&in_flight.snapshot, &mut in_flight.ctx, request, peer).await;
+    let response = respond(&mut in_flight, result);
+    in_flight.complete(response.status());
+    response
+}
+
+/// The phases from normalisation to the response head.
+async fn run(
+    snapshot: &Snapshot,
+    ctx: &mut RequestCtx,
+    request: Request<ClientBody>,
+    peer: &Peer,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (mut parts, body) = request.into_parts();
+    let path_and_query = normalise(ctx, &parts)?;
+    let route = route(snapshot, ctx, &parts, peer);
+
+    let plugins = &snapshot.plugins;
+    run_hooks(&plugins.authenticate, |plugin| plugin.authenticate(ctx, &mut parts)).await?;
+    run_hooks(&plugins.on_request, |plugin| plugin.on_request(ctx, &mut parts)).await?;
+
+    if let Some(aggregate) = &route.aggregate {
+        // Route parts decide with this caller; the identity is cloned (an Arc) because
+        // serving the aggregate also writes to the context.
+        let identity = ctx.identity.clone();
+        let caller = Caller { identity: identity.as_deref(), headers: &parts.headers, client_ip: ctx.client_ip };
+        return Ok(aggregate::serve(snapshot, ctx, &parts, &caller, aggregate).await);
+    }
+    let selection = select_target(route, ctx, &parts.headers);
+
+    let limit = snapshot.server.max_body_bytes;
+    if body.size_hint().lower() > limit {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    prepare_upstream_request(ctx, &mut parts, path_and_query, peer, selection.upstream);
+    if !plugins.upstream_request.is_empty() {
+        let side = SideRequests { upstreams: &snapshot.upstreams };
+        run_hooks(&plugins.upstream_request, |plugin| plugin.upstream_request(ctx, &mut parts, &side)).await?;
+    }
+    let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    forward::forward(route, ctx, selection, Request::from_parts(parts, Either::Left(body))).await
+}
+
+/// Phase: normalise. One spelling of the path for auth, routing and the upstream.
+fn normalise(ctx: &mut RequestCtx, parts: &http::request::Parts) -> Result<PathAndQuery, ProxyError> {
+    let normalized = match normalize_path(parts.uri.path()) {
+        Ok(normalized) => normalized,
+        Err(e) => {
+            ctx.path = parts.uri.path().to_owned();
+            return Err(ProxyError::BadPath(e));
+        }
+    };
+    let path_and_query = match (&normalized, parts.uri.path_and_query()) {
+        (std::borrow::Cow::Borrowed(_), Some(original)) => original.clone(),
+        _ => rebuild_path_and_query(&normalized, parts.uri.query())?,
+    };
+    ctx.path = normalized.into_owned();
+    Ok(path_and_query)
+}
+
+/// Phase: route. Finds the route (longest whole-segment prefix) and the caller's address.
+fn route<'s>(snapshot: &'s Snapshot, ctx: &mut RequestCtx, parts: &http::request::Parts, peer: &Peer) -> &'s Route {
+    let route = snapshot.route(snapshot.router.find(&ctx.path));
+    ctx.route = Some(route.id);
+    ctx.client_ip = Some(client_ip(peer.ip, &parts.headers, &snapshot.server.trusted_proxies));
+    route
+}
+
+/// Runs one phase's plugins in order; the first answer ends the request. A plugin that
+/// asks to wait is awaited and called again, at most [`MAX_WAITS_PER_HOOK`] times.
+async fn run_hooks(plugins: &[Arc<dyn Plugin>], mut hook: impl FnMut(&dyn Plugin) -> Flow) -> Result<(), ProxyError> {
+    for plugin in plugins {
+        let mut waits = 0;
+        loop {
+            match hook(&**plugin) {
+                Flow::Continue => break,
+                Flow::Respond(rejection) => return Err(ProxyError::Policy(rejection)),
+                Flow::Wait(_) if waits >= MAX_WAITS_PER_HOOK => {
+                    return Err(ProxyError::PolicyStalled { plugin: plugin.name() });
+                }
+                Flow::Wait(pending) => {
+                    waits += 1;
+                    pending.await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn caller<'a>(ctx: &'a RequestCtx, headers: &'a http::HeaderMap) -> Caller<'a> {
+    Caller { identity: ctx.identity.as_deref(), headers, client_ip: ctx.client_ip }
+}
+
+/// The side chosen for a request, and whether the breaker turned it away from the service.
+pub(crate) struct Selection<'r> {
+    /// Monolith or service.
+    pub(crate) target: Target,
+    /// The upstream of that side.
+    pub(crate) upstream: &'r Arc<Upstream>,
+    /// The dial or a segment chose the service, and its open breaker sent the caller to
+    /// the monolith instead: a fallback.
+    pub(crate) diverted: bool,
+}
+
+/// Phase: select target (breaker > segment > dial, in `gateway_plugin_rollout::decide`).
+fn select_target<'r>(route: &'r Route, ctx: &mut RequestCtx, headers: &http::HeaderMap) -> Selection<'r> {
+    let caller = caller(ctx, headers);
+    let health = route.service_health();
+    let decision = route.decide(&caller, health);
+    // Only callers the dial or a segment would have sent to the service count as fallbacks.
+    let diverted = health == ServiceHealth::BreakerOpen
+        && route.decide(&caller, ServiceHealth::Available).target == Target::Service;
+    let selection = Selection { target: decision.target, upstream: decision.upstream, diverted };
+    ctx.target = Some(selection.target);
+    ctx.upstream = Some(selection.upstream.name.clone());
+    selection
+}
+
+/// The outgoing request head: hop-by-hop headers out, forwarding headers and the request
+/// id in, `Host` kept (or made), origin-form URI with the normalised path.
+fn prepare_upstream_request(
+    ctx: &RequestCtx,
+    parts: &mut http::request::Parts,
+    path_and_query: PathAndQuery,
+    peer: &Peer,
+    upstream: &Upstream,
+) {
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::set_forwarding(&mut parts.headers, &peer.header);
+    if !parts.headers.contains_key(header::HOST) {
+        // HTTP/2 clients send :authority instead of Host; HTTP/1.1 upstreams need a Host.
+        let host = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
+        parts.headers.insert(header::HOST, host.unwrap_or_else(|| upstream.host_header().clone()));
+    }
+    parts.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
+    parts.uri = Uri::from(path_and_query);
+    parts.version = Version::HTTP_11;
+}
+
+/// Phase: respond. The upstream's head loses its hop-by-hop headers, a failure becomes
+/// the gateway's JSON reply; every response gets `x-request-id`, then `on_response` runs.
+fn respond(in_flight: &mut InFlight, result: Result<Response<ResponseBody>, ProxyError>) -> Response<ResponseBody> {
+    let mut response = match result {
+        Ok(mut response) => {
+            headers::strip_hop_by_hop(response.headers_mut());
+            response
+        }
+        Err(error) => {
+            let rejection = error.into_rejection();
+            in_flight.gateway_error = Some(rejection.code);
+            reply::render(rejection, &in_flight.ctx.request_id).map(Either::Right)
+        }
+    };
+    response.headers_mut().insert(&X_REQUEST_ID, in_flight.ctx.request_id.clone());
+    let on_response = &in_flight.snapshot.plugins.on_response;
+    if !on_response.is_empty() {
+        let (mut parts, body) = response.into_parts();
+        for plugin in on_response {
+            plugin.on_response(&in_flight.ctx, &mut parts);
+        }
+        response = Response::from_parts(parts, body);
+    }
+    response
+}
+
+fn rebuild_path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, ProxyError> {
+    let text = match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path.to_owned(),
+    };
+    PathAndQuery::from_maybe_shared(Bytes::from(text)).map_err(|_| ProxyError::InvalidTarget)
+}
+
+/// Methods whose replay is harmless (RFC 9110 §9.2.2), minus TRACE.
+pub(crate) fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
+}
+
+/// Phase: complete. A request between its start and its response: runs `on_complete`
+/// exactly once, also when the client goes away and the request future is dropped.
+struct InFlight {
+    snapshot: Arc<Snapshot>,
+    ctx: RequestCtx,
+    method: Method,
+    /// The `x-gateway-error` code when the gateway answered by itself.
+    gateway_error: Option<&'static str>,
+    completed: bool,
+}
+
+impl InFlight {
+    fn complete(&mut self, status: StatusCode) {
+        if std::mem::replace(&mut self.completed, true) {
+            return;
+        }
+        let duration = clock::now().saturating_sub(self.ctx.started);
+        let outcome = Outcome { status, duration, gateway_error: self.gateway_error };
+        for plugin in &self.snapshot.plugins.on_complete {
+            plugin.on_complete(&self.ctx, &outcome);
+        }
+        if let Some(table) = self.snapshot.route_stats.get() {
+            let route = self.ctx.route.map_or(table.len().saturating_sub(1), |id| id.0);
+            if let Some(stats) = table.get(route) {
+                stats.record(self.ctx.target, status.is_server_error(), outcome.duration, self.ctx.fallback);
+            }
+        }
+        if self.snapshot.server.access_log {
+            self.access_log(&outcome);
+        }
+    }
+
+    fn access_log(&self, outcome: &Outcome) {
+        let route = self.ctx.route.map(|id| &*self.snapshot.route(id).name);
+        tracing::info!(
+            request_id = self.ctx.request_id.to_str().unwrap_or(""),
+            method = self.method.as_str(),
+            path = self.ctx.path.as_str(),
+            route,
+            target = self.ctx.target.map(Target::as_str),
+            upstream = self.ctx.upstream.as_deref(),
+            status = outcome.status.as_u16(),
+            duration_ms = outcome.duration.as_secs_f64() * 1000.0,
+            error = outcome.gateway_error,
+            "access"
+        );
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.completed {
+            self.gateway_error = Some(codes::CLIENT_CLOSED);
+            let status = StatusCode::from_u16(CLIENT_CLOSED_REQUEST).expect("499 is in range");
+            self.complete(status);
+        }
+    }
+}

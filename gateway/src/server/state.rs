@@ -1,0 +1,88 @@
+//! The state the data plane, the reloader and the admin listener share: the config being
+//! served (one `ArcSwap`), readiness, the metrics handle, the reload audit and the
+//! migration statistics.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arc_swap::ArcSwap;
+use gateway_plugin_metrics::names;
+use metrics::gauge;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::sync::watch;
+
+use crate::config::audit::ReloadState;
+use crate::migration::MigrationStats;
+use crate::snapshot::Snapshot;
+
+/// State shared by the data plane, the reloader and the admin listener.
+pub struct Gateway {
+    config: ArcSwap<Snapshot>,
+    ready: AtomicBool,
+    pub(crate) metrics: PrometheusHandle,
+    reload: ReloadState,
+    migration: MigrationStats,
+}
+
+impl Gateway {
+    pub(crate) fn new(snapshot: Snapshot) -> Self {
+        let metrics = crate::telemetry::metrics_handle();
+        gauge!(names::CONFIG_VERSION).set(snapshot.meta.version as f64);
+        let migration = MigrationStats::default();
+        let _ = snapshot.route_stats.set(migration.table_for(&snapshot));
+        Gateway {
+            config: ArcSwap::from_pointee(snapshot),
+            ready: AtomicBool::new(false),
+            metrics,
+            reload: ReloadState::default(),
+            migration,
+        }
+    }
+
+    /// The `/admin/migration` report for the config serving now.
+    pub fn migration_report(&self) -> crate::migration::MigrationReport {
+        let snapshot = self.snapshot();
+        let table = snapshot.route_stats.get_or_init(|| self.migration.table_for(&snapshot));
+        self.migration.report(&snapshot, table)
+    }
+
+    /// The config snapshot new requests start with.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.config.load_full()
+    }
+
+    /// Serves `next` from now on: one atomic swap; requests in flight keep the snapshot
+    /// they started with.
+    pub(crate) fn install(&self, next: Snapshot) {
+        let version = next.meta.version;
+        let _ = next.route_stats.set(self.migration.table_for(&next));
+        self.config.store(Arc::new(next));
+        gauge!(names::CONFIG_VERSION).set(version as f64);
+    }
+
+    /// Reload errors and the history of applied changes.
+    pub fn reload_state(&self) -> &ReloadState {
+        &self.reload
+    }
+
+    /// Marks the gateway ready (both listeners bound).
+    pub(crate) fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// True once the config is loaded and both listeners are bound.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+
+    /// Prometheus text of every metric.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render()
+    }
+}
+
+/// Resolves once shutdown has been requested (also if it already was).
+pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it here, inside this future.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}

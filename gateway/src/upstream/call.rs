@@ -1,0 +1,109 @@
+//! The breaker-guarded call: every request to an upstream goes through [`call`], which
+//! asks the upstream's breaker first and reports the outcome to it afterwards.
+//!
+//! [`SideRequests`] exposes the same call to policies (shadow copies, mirrors) as the
+//! plugin API's [`Upstreams`], over the snapshot being served.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway_plugin_api::side::{SideError, SideFuture, Upstreams};
+use gateway_plugin_breaker::Admission;
+use gateway_plugin_metrics::names;
+use http::{Request, Response, header};
+use http_body_util::{BodyExt, Either, Full, Limited};
+
+use super::{ResponseBody, SendFailure, Upstream, UpstreamBody, UpstreamError};
+use crate::clock;
+
+/// Why a call did not produce a response head.
+pub(crate) enum CallFailure {
+    /// The upstream's breaker refused the call; the request, untouched, comes back.
+    Refused { retry_after: Duration, request: Request<UpstreamBody> },
+    /// The exchange failed; `unsent` is the request when it never left the gateway.
+    Failed { error: UpstreamError, unsent: Option<Request<UpstreamBody>> },
+}
+
+/// Calls `upstream` through its circuit breaker, if it has one, and reports the outcome:
+/// a connect error, a timeout, a broken exchange or a failure status count as failures;
+/// a body over the limit is the client's doing and counts as neither.
+pub(crate) async fn call(
+    upstream: &Upstream,
+    request: Request<UpstreamBody>,
+) -> Result<Response<ResponseBody>, CallFailure> {
+    let permit = match &upstream.breaker {
+        None => None,
+        Some(breaker) => {
+            let (admission, transition) = breaker.admit(clock::now());
+            report_transition(&upstream.name, transition);
+            match admission {
+                Admission::Admitted(permit) => Some(permit),
+                Admission::Refused { retry_after } => return Err(CallFailure::Refused { retry_after, request }),
+            }
+        }
+    };
+    let result = upstream.send(request).await;
+    if let Some(permit) = permit {
+        let now = clock::now();
+        let transition = match &result {
+            Ok(response) if upstream.is_failure_status(response.status().as_u16()) => permit.failed(now),
+            Ok(_) => permit.succeeded(now),
+            Err(SendFailure { error: UpstreamError::BodyTooLarge, .. }) => None,
+            Err(_) => permit.failed(now),
+        };
+        report_transition(&upstream.name, transition);
+    }
+    result.map_err(|failure| {
+        tracing::debug!(upstream = %upstream.name, error = %failure.error, "upstream exchange failed");
+        CallFailure::Failed { error: failure.error, unsent: failure.unsent }
+    })
+}
+
+/// Logs a breaker state change and records it in `gateway_circuit_state` and
+/// `gateway_circuit_transitions_total`.
+pub(crate) fn report_transition(upstream: &str, transition: Option<gateway_plugin_breaker::Transition>) {
+    let Some(transition) = transition else { return };
+    tracing::info!(
+        upstream,
+        from = transition.from.as_str(),
+        to = transition.to.as_str(),
+        "circuit breaker changed state"
+    );
+    metrics::gauge!(names::CIRCUIT_STATE, "upstream" => upstream.to_owned()).set(transition.to.gauge());
+    metrics::counter!(names::CIRCUIT_TRANSITIONS_TOTAL, "upstream" => upstream.to_owned(), "to" => transition.to.as_str())
+        .increment(1);
+}
+
+/// The upstreams of one snapshot, as policies call them for side requests.
+pub(crate) struct SideRequests<'a> {
+    pub(crate) upstreams: &'a BTreeMap<String, Arc<Upstream>>,
+}
+
+impl Upstreams for SideRequests<'_> {
+    fn send(&self, name: &str, request: Request<Bytes>, max_body_bytes: usize) -> SideFuture {
+        let Some(upstream) = self.upstreams.get(name).cloned() else {
+            let name = name.to_owned();
+            return Box::pin(async move { Err(SideError::UnknownUpstream(name)) });
+        };
+        Box::pin(async move {
+            let (mut parts, body) = request.into_parts();
+            if !parts.headers.contains_key(header::HOST) {
+                parts.headers.insert(header::HOST, upstream.host_header().clone());
+            }
+            let request = Request::from_parts(parts, Either::Right(Full::new(body)));
+            let response = match call(&upstream, request).await {
+                Ok(response) => response,
+                Err(CallFailure::Refused { .. }) => return Err(SideError::BreakerOpen),
+                Err(CallFailure::Failed { error, .. }) => return Err(SideError::Failed(error.to_string())),
+            };
+            let (parts, body) = response.into_parts();
+            match Limited::new(body, max_body_bytes).collect().await {
+                Ok(collected) => Ok(Response::from_parts(parts, collected.to_bytes())),
+                Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(SideError::TooLarge),
+                Err(e) => Err(SideError::Failed(format!("the response body broke: {e}"))),
+            }
+        })
+    }
+}

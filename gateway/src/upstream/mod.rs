@@ -1,0 +1,195 @@
+//! Upstream handles: one per `[upstreams.<name>]`, each with its transport and breaker.
+//!
+//! - [`http1`]: the keep-alive HTTP/1.1 connection pool the gateway uses in production.
+//! - `memory` (tests only): an in-process transport (a function from request to response) that the
+//!   phase tests use, so the whole pipeline runs without sockets.
+//! - [`call`]: the breaker-guarded call every caller goes through (the data plane,
+//!   aggregates, side requests of policies), which reports each outcome to the breaker.
+//!
+//! Errors say what failed: connecting (502), no response head within `timeout_ms` (504),
+//! or the exchange itself (502). A request that never left the gateway comes back in the
+//! failure, so a fallback can send it elsewhere.
+
+pub(crate) mod call;
+pub(crate) mod http1;
+#[cfg(test)]
+pub(crate) mod memory;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway_plugin_breaker::{Breaker, BreakerSettings};
+use http::{HeaderValue, Request, Response};
+use http_body_util::{Either, Full, Limited};
+use hyper::body::Incoming;
+
+pub use http1::PooledBody;
+
+/// The client's request body: hyper's, or one built in memory (phase tests, replays).
+pub type ClientBody = Either<Incoming, Full<Bytes>>;
+
+/// Body of a request sent upstream: the client's body streamed under the size limit, or
+/// a body the gateway built itself (a buffered replay copy, an aggregate part's GET).
+pub type UpstreamBody = Either<Limited<ClientBody>, Full<Bytes>>;
+
+/// Body of every response the gateway sends: an upstream's, streamed, or its own.
+pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
+
+/// An error from below the HTTP layer, boxed: hyper's, or an in-memory transport's.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Settings of one upstream, as validated from the config.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UpstreamSettings {
+    /// Name from `[upstreams.<name>]`.
+    pub name: String,
+    /// The configured url, for display.
+    pub url: String,
+    /// Response-head timeout, counted from the start of the exchange.
+    pub timeout: Duration,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// Idle pooled connection lifetime.
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept.
+    pub pool_max_idle: usize,
+    /// The circuit breaker's thresholds, when the upstream has one.
+    pub breaker: Option<BreakerSettings>,
+    /// Response statuses that count as failures (inclusive ranges).
+    pub failure_statuses: Vec<(u16, u16)>,
+}
+
+/// How an upstream's requests travel.
+pub(crate) enum Transport {
+    /// Pooled HTTP/1.1 over TCP.
+    Http1(http1::Http1),
+    /// An in-process service, for tests of the phases (not in the product's build).
+    #[cfg(test)]
+    Memory(memory::MemoryService),
+}
+
+/// A named upstream with its transport.
+pub struct Upstream {
+    /// Name from `[upstreams.<name>]`, shared with logs and metric labels.
+    pub name: Arc<str>,
+    /// What it was built from.
+    pub settings: UpstreamSettings,
+    /// The circuit breaker, when configured; kept across reloads while the url is the same.
+    pub breaker: Option<Arc<Breaker>>,
+    /// `Host` for requests that arrive without one (HTTP/1.0, HTTP/2 without :authority).
+    host: HeaderValue,
+    transport: Transport,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").field("name", &self.name).field("url", &self.settings.url).finish()
+    }
+}
+
+/// A failed send, with the request when it never left the gateway.
+#[derive(Debug)]
+pub struct SendFailure {
+    /// What went wrong.
+    pub error: UpstreamError,
+    /// The request, when no byte of it was sent: replaying it elsewhere is always safe.
+    pub unsent: Option<Request<UpstreamBody>>,
+}
+
+/// Why an upstream exchange failed before a response head arrived.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No response head within the upstream's `timeout_ms`.
+    #[error("upstream {upstream} sent no response within {timeout:?}")]
+    Timeout {
+        /// Upstream name.
+        upstream: Arc<str>,
+        /// The limit that ran out.
+        timeout: Duration,
+    },
+    /// The TCP connection could not be opened (refused, unreachable, connect timeout).
+    #[error("cannot connect to upstream {upstream}: {reason}")]
+    Connect {
+        /// Upstream name.
+        upstream: Arc<str>,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The client's body grew past `server.max_body_bytes` while it was being forwarded.
+    #[error("request body exceeds the limit")]
+    BodyTooLarge,
+    /// The connection broke or the upstream sent something that is not HTTP.
+    #[error("upstream {upstream} failed: {source}")]
+    Exchange {
+        /// Upstream name.
+        upstream: Arc<str>,
+        /// What broke.
+        source: BoxError,
+    },
+}
+
+impl Upstream {
+    /// Builds the upstream with an (empty) HTTP/1.1 pool. `authority` comes from the
+    /// validated url; `breaker` is the one to keep from the previous config, if any.
+    pub fn new(settings: UpstreamSettings, authority: &http::uri::Authority, breaker: Option<Arc<Breaker>>) -> Self {
+        let host = HeaderValue::from_str(authority.as_str()).expect("a url authority is a valid header value");
+        let transport = Transport::Http1(http1::Http1::new(&settings, authority));
+        Upstream { name: Arc::from(settings.name.as_str()), settings, breaker, host, transport }
+    }
+
+    /// The same upstream answered in process by `service` instead of over the network.
+    #[cfg(test)]
+    pub(crate) fn with_memory_transport(&self, service: memory::MemoryService) -> Self {
+        Upstream {
+            name: self.name.clone(),
+            settings: self.settings.clone(),
+            breaker: self.breaker.clone(),
+            host: self.host.clone(),
+            transport: Transport::Memory(service),
+        }
+    }
+
+    /// Whether a response status counts as a failure for the breaker and for fallback.
+    pub fn is_failure_status(&self, status: u16) -> bool {
+        self.settings.failure_statuses.iter().any(|(low, high)| (*low..=*high).contains(&status))
+    }
+
+    /// The `Host` header to send when the client gave none.
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host
+    }
+
+    /// Sends the request (origin-form URI, `Host` set) and waits for the response head,
+    /// within the upstream's timeout. The response body streams afterwards. A request that
+    /// never left the gateway (the connection could not be made, or hyper handed it back
+    /// unsent) comes back in the failure, ready to be sent elsewhere.
+    pub async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<ResponseBody>, SendFailure> {
+        let exchange = async {
+            match &self.transport {
+                Transport::Http1(http1) => http1.exchange(&self.name, request).await.map(|r| r.map(Either::Left)),
+                #[cfg(test)]
+                Transport::Memory(service) => service.exchange(&self.name, request).await.map(|r| r.map(Either::Right)),
+            }
+        };
+        match tokio::time::timeout(self.settings.timeout, exchange).await {
+            Ok(result) => result,
+            Err(_) => Err(SendFailure {
+                error: UpstreamError::Timeout { upstream: self.name.clone(), timeout: self.settings.timeout },
+                unsent: None,
+            }),
+        }
+    }
+}
+
+/// True when `E` is anywhere in the error's source chain.
+pub(crate) fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if e.is::<E>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}

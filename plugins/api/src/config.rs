@@ -1,0 +1,298 @@
+//! How a policy owns its part of `routes.toml`.
+//!
+//! A policy crate defines the key it owns on `[[routes]]` (for example `rate_limit`), the
+//! serde type of that key's value, the checks on it and the compiled per-route state. The
+//! gateway knows none of those types: it finds the key in each route, hands the policy the
+//! spanned value as a [`Section`], and turns the problems the policy reports into
+//! `file:line:col: routes[N].key: message` diagnostics, exactly like its own.
+//!
+//! ```text
+//!  routes.toml ── gateway parses the document ──► routes[i].rate_limit (spanned value)
+//!                                                        │
+//!            RoutePolicy::compile_route(RouteInfo, Section, &mut ConfigErrors)
+//!                                                        │ Option<Compiled>
+//!            RoutePolicy::build(PerRoute<Compiled>, previous plugin) ──► the plugin
+//! ```
+//!
+//! Registering a policy is one line in the gateway's registry (`Registry::with`).
+
+use std::any::Any;
+use std::ops::Range;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeValue, ValueDeserializer};
+
+use crate::{Plugin, RouteId};
+
+/// Problems found while checking a config, each at a byte span of the file.
+#[derive(Debug, Default)]
+pub struct ConfigErrors {
+    problems: Vec<(Range<usize>, String)>,
+}
+
+impl ConfigErrors {
+    /// Reports a problem at `span` (a byte range of the config file, as [`Spanned`] gives).
+    /// Say what is wrong with the value and, where it helps, how to fix it.
+    pub fn error(&mut self, span: Range<usize>, message: impl Into<String>) {
+        self.problems.push((span, message.into()));
+    }
+
+    /// True when nothing was reported.
+    pub fn is_empty(&self) -> bool {
+        self.problems.is_empty()
+    }
+
+    /// The problems, in the order they were reported.
+    pub fn into_problems(self) -> Vec<(Range<usize>, String)> {
+        self.problems
+    }
+}
+
+/// One route's value of a policy's key, with its position in the file.
+pub struct Section<'a> {
+    value: Spanned<DeValue<'a>>,
+}
+
+impl<'a> Section<'a> {
+    /// Wraps a value the gateway found in the parsed document.
+    pub fn new(value: Spanned<DeValue<'a>>) -> Self {
+        Section { value }
+    }
+
+    /// Where the value is in the file.
+    pub fn span(&self) -> Range<usize> {
+        self.value.span()
+    }
+
+    /// Deserializes the value into the policy's `File*` type. `Spanned` fields inside it
+    /// get spans in the whole file's coordinates. A type error or unknown key is reported
+    /// to `errors` (with its span) and gives `None`.
+    pub fn parse<T: DeserializeOwned>(self, errors: &mut ConfigErrors) -> Option<T> {
+        let whole = self.value.span();
+        match T::deserialize(ValueDeserializer::from(self.value)) {
+            Ok(value) => Some(value),
+            Err(e) => {
+                errors.error(e.span().unwrap_or(whole), e.message().to_owned());
+                None
+            }
+        }
+    }
+}
+
+/// What a policy is told about the route whose section it compiles.
+#[derive(Clone, Debug)]
+pub struct RouteInfo<'a> {
+    /// The route's index in the compiled table.
+    pub id: RouteId,
+    /// The route's name (metric label).
+    pub name: &'a str,
+    /// True when the route verifies tokens (`auth` is `required` or `optional`), so a
+    /// verified [`crate::Identity`] may be on its requests.
+    pub checks_tokens: bool,
+    /// Where the route's `name` is in the file, for problems about the route as a whole.
+    pub name_span: Range<usize>,
+}
+
+/// A policy's compiled state for every route, indexed by [`RouteId`]; `None` where the
+/// route does not use the policy. The table covers every route id of the snapshot.
+#[derive(Debug)]
+pub struct PerRoute<T> {
+    entries: Vec<Option<T>>,
+}
+
+impl<T> PerRoute<T> {
+    /// A table of `len` routes (the snapshot's route count), all without the policy.
+    pub fn new(len: usize) -> Self {
+        PerRoute { entries: (0..len).map(|_| None).collect() }
+    }
+
+    /// Sets route `id`'s state; ids outside the table are ignored.
+    pub fn set(&mut self, id: RouteId, value: T) {
+        if let Some(slot) = self.entries.get_mut(id.0) {
+            *slot = Some(value);
+        }
+    }
+
+    /// Route `id`'s state, if it uses the policy.
+    pub fn get(&self, id: RouteId) -> Option<&T> {
+        self.entries.get(id.0)?.as_ref()
+    }
+
+    /// True when no route uses the policy.
+    pub fn is_empty(&self) -> bool {
+        self.entries.iter().all(Option::is_none)
+    }
+
+    /// Routes that use the policy, with their ids.
+    pub fn iter(&self) -> impl Iterator<Item = (RouteId, &T)> {
+        self.entries.iter().enumerate().filter_map(|(i, entry)| Some((RouteId(i), entry.as_ref()?)))
+    }
+
+    /// Applies `f` to every entry.
+    pub fn map<U>(self, mut f: impl FnMut(RouteId, T) -> U) -> PerRoute<U> {
+        PerRoute {
+            entries: self.entries.into_iter().enumerate().map(|(i, entry)| entry.map(|v| f(RouteId(i), v))).collect(),
+        }
+    }
+}
+
+/// A per-route policy: the factory the gateway registers once. Implement this in the
+/// policy's crate; the plugin it builds does the per-request work.
+pub trait RoutePolicy: Send + Sync + 'static {
+    /// The key on `[[routes]]` this policy owns, e.g. `rate_limit`.
+    const ROUTE_KEY: &'static str;
+    /// What one route's section compiles to.
+    type Compiled: Send + Sync + 'static;
+    /// The plugin built for a whole config.
+    type Plugin: Plugin;
+
+    /// Checks one route's section and compiles it. Report every problem to `errors` and
+    /// return `None` if there were any; never panic on input.
+    fn compile_route(
+        &self,
+        route: &RouteInfo<'_>,
+        section: Section<'_>,
+        errors: &mut ConfigErrors,
+    ) -> Option<Self::Compiled>;
+
+    /// Builds the plugin for one config from every route's compiled state. `previous` is
+    /// this policy's plugin of the config being replaced, so state worth keeping across a
+    /// reload (counters, buckets) can be carried over. Called only when no problem was
+    /// reported anywhere in the file. Returns `None` when no route needs the plugin, so
+    /// routes that do not use a policy pay nothing for it.
+    fn build(&self, routes: PerRoute<Self::Compiled>, previous: Option<&Self::Plugin>) -> Option<Self::Plugin>;
+}
+
+/// A built plugin, kept both as the pipeline sees it and as its concrete type (for the
+/// next reload's `previous`).
+#[derive(Clone)]
+pub struct BuiltPlugin {
+    /// The route key of the policy that built it.
+    pub key: &'static str,
+    /// For the pipeline's phase lists.
+    pub plugin: Arc<dyn Plugin>,
+    /// The same plugin as its concrete type.
+    concrete: Arc<dyn Any + Send + Sync>,
+}
+
+impl std::fmt::Debug for BuiltPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuiltPlugin").field("key", &self.key).field("plugin", &self.plugin.name()).finish()
+    }
+}
+
+/// Compiled sections of one policy, type-erased for the registry.
+pub struct CompiledSections {
+    entries: PerRoute<Box<dyn Any + Send + Sync>>,
+}
+
+/// [`RoutePolicy`] without its associated types, so the gateway can hold a list of them.
+trait ErasedPolicy: Send + Sync {
+    fn key(&self) -> &'static str;
+    fn compile_route(
+        &self,
+        route: &RouteInfo<'_>,
+        section: Section<'_>,
+        errors: &mut ConfigErrors,
+    ) -> Option<Box<dyn Any + Send + Sync>>;
+    fn build(&self, sections: CompiledSections, previous: Option<&BuiltPlugin>) -> Option<BuiltPlugin>;
+}
+
+struct Erased<P>(P);
+
+impl<P: RoutePolicy> ErasedPolicy for Erased<P> {
+    fn key(&self) -> &'static str {
+        P::ROUTE_KEY
+    }
+
+    fn compile_route(
+        &self,
+        route: &RouteInfo<'_>,
+        section: Section<'_>,
+        errors: &mut ConfigErrors,
+    ) -> Option<Box<dyn Any + Send + Sync>> {
+        let compiled = self.0.compile_route(route, section, errors)?;
+        Some(Box::new(compiled))
+    }
+
+    fn build(&self, sections: CompiledSections, previous: Option<&BuiltPlugin>) -> Option<BuiltPlugin> {
+        // Every entry was made by this policy's compile_route, so the downcast holds; an
+        // entry that did not would be dropped rather than panic.
+        let routes = PerRoute {
+            entries: sections
+                .entries
+                .entries
+                .into_iter()
+                .map(|entry| entry.and_then(|boxed| boxed.downcast::<P::Compiled>().ok().map(|b| *b)))
+                .collect(),
+        };
+        let previous = previous.and_then(|built| built.concrete.downcast_ref::<P::Plugin>());
+        let plugin = Arc::new(self.0.build(routes, previous)?);
+        Some(BuiltPlugin { key: P::ROUTE_KEY, plugin: plugin.clone(), concrete: plugin })
+    }
+}
+
+/// The per-route policies the gateway knows, in the order their phases run.
+#[derive(Default)]
+pub struct Registry {
+    policies: Vec<Box<dyn ErasedPolicy>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Registry::default()
+    }
+
+    /// Adds a policy; its phases run after those of the policies added before it.
+    pub fn with<P: RoutePolicy>(mut self, policy: P) -> Self {
+        self.policies.push(Box::new(Erased(policy)));
+        self
+    }
+
+    /// The route keys the registered policies own, in registration order.
+    pub fn keys(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.policies.iter().map(|p| p.key())
+    }
+
+    /// Starts compiling one config: one table of sections per policy.
+    pub fn start(&self, routes: usize) -> Vec<CompiledSections> {
+        self.policies.iter().map(|_| CompiledSections { entries: PerRoute::new(routes) }).collect()
+    }
+
+    /// Compiles route `route`'s section of the policy at `index` (its position in
+    /// [`Registry::keys`]) into `tables`.
+    pub fn compile_route(
+        &self,
+        tables: &mut [CompiledSections],
+        index: usize,
+        route: &RouteInfo<'_>,
+        section: Section<'_>,
+        errors: &mut ConfigErrors,
+    ) {
+        let (Some(policy), Some(table)) = (self.policies.get(index), tables.get_mut(index)) else { return };
+        if let Some(compiled) = policy.compile_route(route, section, errors) {
+            table.entries.set(route.id, compiled);
+        }
+    }
+
+    /// Builds every policy's plugin, given the plugins of the config being replaced.
+    pub fn build(&self, tables: Vec<CompiledSections>, previous: &[BuiltPlugin]) -> Vec<BuiltPlugin> {
+        self.policies
+            .iter()
+            .zip(tables)
+            .filter_map(|(policy, sections)| {
+                let before = previous.iter().find(|built| built.key == policy.key());
+                policy.build(sections, before)
+            })
+            .collect()
+    }
+}
