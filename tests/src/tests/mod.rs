@@ -10,6 +10,7 @@ mod lifecycle;
 mod limits;
 mod migration;
 mod pool;
+mod ratelimit;
 mod reload;
 mod rollout;
 mod routing;
