@@ -2,6 +2,7 @@
 """Proxy comparison: the gateway against nginx and HAProxy, in one run, on this machine.
 
     python3 bench/compare.py [--rounds 3] [--duration 10] [--connections 50] [--perf]
+                             [--baseline OLD_GATEWAY_BINARY]
 
 Installs nginx, HAProxy and wrk from Debian's packages if they are missing, builds the
 gateway in release mode, starts one upstream (nginx answering a small fixed body), and
@@ -24,6 +25,10 @@ all the proxy's processes) divided by the requests wrk completed. Prints a markd
 of medians with min-max. With --perf, the gateway's last measurement runs under
 `perf record` (Debian's linux-perf, installed if missing) and the hottest symbols are
 printed; bench/perf.data stays behind for `perf report`.
+
+With --baseline, another gateway binary (for example one built from the previous commit)
+serves the plain row's config too, as "gateway (baseline)", measured in the same
+interleaved rounds: the A/B run that decides whether a hot-path change is kept.
 """
 
 import argparse
@@ -41,8 +46,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_PORT = 18080
-PORTS = {"nginx": 18081, "haproxy": 18082, "gateway": 18083, "gateway-jwt": 18084}
-GATEWAY_ADMIN_PORTS = {"gateway": 18093, "gateway-jwt": 18094}
+PORTS = {"nginx": 18081, "haproxy": 18082, "gateway": 18083, "gateway-jwt": 18084, "gateway-baseline": 18085}
+GATEWAY_ADMIN_PORTS = {"gateway": 18093, "gateway-jwt": 18094, "gateway-baseline": 18095}
 FIXTURE_KEYS = ROOT / "tests" / "fixtures" / "keys"
 PATH = "/api/users/42"
 AGGREGATE_CONNECTIONS = 4
@@ -154,7 +159,10 @@ def main():
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--perf", action="store_true", help="profile the gateway's last round with perf")
+    parser.add_argument("--baseline", type=Path, help="another gateway binary to measure beside this one (A/B)")
     args = parser.parse_args()
+    if not args.baseline:
+        del PORTS["gateway-baseline"]
     if args.perf:
         need("perf", "linux-perf")
 
@@ -253,10 +261,13 @@ issuer = "https://auth.bench.local"
 audience = "api"
 claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
 """
-        for name, auth in (("gateway", ""), ("gateway-jwt", jwt_auth)):
+        gateways = [("gateway", "", gateway_bin), ("gateway-jwt", jwt_auth, gateway_bin)]
+        if args.baseline:
+            gateways.append(("gateway-baseline", "", args.baseline.resolve()))
+        for name, auth, binary in gateways:
             cfg = Path(work) / f"{name}.toml"
             cfg.write_text(gateway_config(name, auth))
-            procs[name] = subprocess.Popen(pinned(PROXY_CPU, [str(gateway_bin), "run", "--config", str(cfg)]),
+            procs[name] = subprocess.Popen(pinned(PROXY_CPU, [str(binary), "run", "--config", str(cfg)]),
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                            start_new_session=True)
         token = subprocess.run(
@@ -271,8 +282,10 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
 
         targets = [("direct", UPSTREAM_PORT, None, ()), ("nginx", PORTS["nginx"], procs["nginx"].pid, ()),
                    ("haproxy", PORTS["haproxy"], procs["haproxy"].pid, ()),
-                   ("gateway", PORTS["gateway"], procs["gateway"].pid, ()),
-                   ("gateway, JWT RS256 (cached)", PORTS["gateway-jwt"], procs["gateway-jwt"].pid, jwt_headers)]
+                   ("gateway", PORTS["gateway"], procs["gateway"].pid, ())]
+        if args.baseline:
+            targets.append(("gateway (baseline)", PORTS["gateway-baseline"], procs["gateway-baseline"].pid, ()))
+        targets.append(("gateway, JWT RS256 (cached)", PORTS["gateway-jwt"], procs["gateway-jwt"].pid, jwt_headers))
         for _, port, _, headers in targets:  # warm pools and caches
             run_wrk(port, 2, args.connections, headers)
         results = {name: [] for name, _, _, _ in targets}

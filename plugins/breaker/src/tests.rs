@@ -179,3 +179,40 @@ proptest! {
         }
     }
 }
+
+/// The error-rate comparison is exact: 50% of failures does not reach a 50.25% limit.
+#[test]
+fn the_error_rate_is_compared_as_a_share_not_a_count() {
+    let rate = |percent, min_requests| BreakerSettings {
+        error_rate: Some(ErrorRate { percent, min_requests }),
+        ..settings(1_000)
+    };
+    let breaker = Breaker::new(rate(50.25, 2));
+    assert_eq!(admitted(&breaker, secs(1)).succeeded(secs(1)), None);
+    assert_eq!(fail_once(&breaker, secs(1)), None, "1 of 2 is 50%, under 50.25%");
+    let breaker = Breaker::new(rate(50.0, 2));
+    assert_eq!(admitted(&breaker, secs(1)).succeeded(secs(1)), None);
+    assert!(fail_once(&breaker, secs(1)).is_some(), "1 of 2 reaches 50%");
+}
+
+/// Outcomes in different seconds go to different buckets, so the older one expires alone.
+#[test]
+fn each_second_has_its_own_bucket_in_the_window() {
+    let breaker = Breaker::new(BreakerSettings { window: secs(2), ..settings(3) });
+    let ms = Duration::from_millis;
+    assert_eq!(fail_once(&breaker, ms(0)), None);
+    assert_eq!(fail_once(&breaker, ms(1500)), None);
+    // At 2.1 s the second-0 bucket has left the window; the second-1 failure has not.
+    assert_eq!(fail_once(&breaker, ms(2100)), None, "1.5 s and 2.1 s: two in the window");
+    assert!(fail_once(&breaker, ms(2200)).is_some(), "1.5, 2.1 and 2.2 s are three within 2 s");
+}
+
+#[test]
+fn states_have_their_gauge_values_and_labels() {
+    assert_eq!(CircuitState::Closed.gauge(), 0.0);
+    assert_eq!(CircuitState::Open.gauge(), 1.0);
+    assert_eq!(CircuitState::HalfOpen.gauge(), 2.0);
+    assert_eq!(CircuitState::Closed.as_str(), "closed");
+    assert_eq!(CircuitState::Open.as_str(), "open");
+    assert_eq!(CircuitState::HalfOpen.as_str(), "half_open");
+}

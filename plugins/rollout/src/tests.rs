@@ -222,3 +222,53 @@ fn the_client_address_is_taken_from_trusted_proxies_only() {
     assert_eq!(client_ip(peer_lb, &headers, &trusted), peer_lb);
     assert_eq!(client_ip(peer_lb, &HeaderMap::new(), &trusted), peer_lb);
 }
+
+/// A caller whose bucket is exactly the dial's bucket count is on the monolith side:
+/// the service side is buckets `[0, n)`, open at `n`.
+#[test]
+fn the_dial_boundary_is_exclusive() {
+    for i in 0..50 {
+        let user = format!("edge-{i}");
+        let b = bucket("users", &user);
+        if b == 0 || b >= BUCKETS - 1 {
+            continue;
+        }
+        let at = |bp: u32| side(&policy(f64::from(bp) / 100.0, vec![]), &user);
+        assert_eq!(at(b), Target::Monolith, "{user} in bucket {b} at {b} buckets");
+        assert_eq!(at(b + 1), Target::Service, "{user} in bucket {b} at {} buckets", b + 1);
+    }
+}
+
+#[test]
+fn each_claim_test_accepts_its_match_and_refuses_the_rest() {
+    let cases = [
+        (ClaimTest::Equals("beta".to_owned()), "beta", "betas"),
+        (ClaimTest::EndsWith("@company.com".to_owned()), "a@company.com", "a@company.co"),
+        (ClaimTest::Contains("ops".to_owned()), "devops-team", "dev-team"),
+        (ClaimTest::OneOf(vec!["gold".to_owned(), "silver".to_owned()]), "silver", "bronze"),
+    ];
+    for (test, accepted, refused) in cases {
+        let segment = Segment {
+            name: Arc::from("s"),
+            matcher: SegmentMatch::Claim { claim: "tier".to_owned(), test: test.clone() },
+        };
+        let matches = |value: &str| {
+            let identity = identity(&[("tier", ClaimValue::Text(value.to_owned()))]);
+            let headers = HeaderMap::new();
+            segment.matches(&Caller { identity: Some(&identity), headers: &headers, client_ip: None })
+        };
+        assert!(matches(accepted), "{test:?} accepts {accepted}");
+        assert!(!matches(refused), "{test:?} refuses {refused}");
+    }
+}
+
+#[test]
+fn percentages_at_and_just_past_the_ends() {
+    assert_eq!(BasisPoints::from_percent(0.0), Some(BasisPoints::ZERO));
+    assert_eq!(BasisPoints::from_percent(100.0).map(BasisPoints::buckets), Some(BUCKETS));
+    assert_eq!(BasisPoints::from_percent(-0.01), None);
+    assert_eq!(BasisPoints::from_percent(100.000001), None);
+    assert_eq!(BasisPoints::from_percent(12.34).map(BasisPoints::buckets), Some(1234));
+    assert_eq!(BasisPoints::from_percent(12.345), None);
+    assert_eq!(BasisPoints::from_percent(f64::INFINITY), None);
+}
