@@ -246,7 +246,9 @@ impl Breaker {
                 inner.window.expire(now, window);
                 inner.should_trip().then(|| inner.open(now))
             }
-            CircuitState::HalfOpen if permit.trial => {
+            // A permit of this generation taken while half-open is a trial: every change
+            // of state starts a new generation.
+            CircuitState::HalfOpen => {
                 inner.trials_in_flight = inner.trials_in_flight.saturating_sub(1);
                 if failed { Some(inner.open(now)) } else { Some(inner.enter(CircuitState::Closed)) }
             }
@@ -268,9 +270,9 @@ impl Inner {
         self.state = to;
         self.generation += 1;
         self.trials_in_flight = 0;
-        if to == CircuitState::Closed {
-            self.window = Window::default();
-        }
+        // Outcomes are recorded only while closed, so every state starts with an empty
+        // window; closing again never counts the failures that opened the breaker.
+        self.window = Window::default();
         Transition { from, to }
     }
 
@@ -287,9 +289,8 @@ impl Inner {
         match self.settings.error_rate {
             Some(rate) => {
                 let total = successes + failures;
-                total >= rate.min_requests
-                    && total > 0
-                    && f64::from(failures) * 100.0 >= rate.percent * f64::from(total)
+                // Called right after an outcome was recorded, so `total` is at least 1.
+                total >= rate.min_requests && f64::from(failures) * 100.0 >= rate.percent * f64::from(total)
             }
             None => false,
         }

@@ -216,3 +216,32 @@ fn states_have_their_gauge_values_and_labels() {
     assert_eq!(CircuitState::Open.as_str(), "open");
     assert_eq!(CircuitState::HalfOpen.as_str(), "half_open");
 }
+
+/// The window keeps one bucket per second, however many outcomes a second has.
+#[test]
+fn a_busy_second_is_one_bucket() {
+    let breaker = Breaker::new(settings(1_000_000));
+    for i in 0..500u64 {
+        let now = Duration::from_millis(1000 + i);
+        admitted(&breaker, now).succeeded(now);
+        fail_once(&breaker, now);
+    }
+    assert_eq!(breaker.lock().window.buckets.len(), 1);
+    let later = secs(3);
+    fail_once(&breaker, later);
+    assert_eq!(breaker.lock().window.buckets.len(), 2);
+}
+
+#[test]
+fn closing_again_forgets_the_failures_that_opened_it() {
+    let breaker = Breaker::new(settings(3));
+    for t in 1..=3 {
+        fail_once(&breaker, secs(t));
+    }
+    assert_eq!(breaker.state(secs(3)), CircuitState::Open);
+    let trial = admitted(&breaker, secs(40));
+    assert_eq!(trial.succeeded(secs(40)).map(|t| t.to), Some(CircuitState::Closed));
+    assert_eq!(fail_once(&breaker, secs(41)), None, "one failure after closing is one, not four");
+    assert_eq!(fail_once(&breaker, secs(41)), None);
+    assert!(fail_once(&breaker, secs(41)).is_some());
+}

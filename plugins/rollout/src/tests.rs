@@ -272,3 +272,30 @@ fn percentages_at_and_just_past_the_ends() {
     assert_eq!(BasisPoints::from_percent(12.345), None);
     assert_eq!(BasisPoints::from_percent(f64::INFINITY), None);
 }
+
+#[test]
+fn basis_points_read_back_as_percent() {
+    assert_eq!(BasisPoints::from_percent(25.5).map(BasisPoints::percent), Some(25.5));
+    assert_eq!(BasisPoints::from_percent(0.01).map(BasisPoints::percent), Some(0.01));
+    assert_eq!(BasisPoints::ALL.percent(), 100.0);
+    assert_eq!(BasisPoints::ZERO.percent(), 0.0);
+}
+
+#[test]
+fn every_reason_is_described_for_explain() {
+    let dial = BasisPoints::from_percent(25.0).expect("valid");
+    let cases = [
+        (Reason::BreakerOpen, "the service's circuit breaker is open"),
+        (Reason::Segment(Arc::from("beta")), "segment beta always gets the service"),
+        (Reason::DialAtZero, "the dial is at 0.00%"),
+        (Reason::DialAtFull, "the dial is at 100.00%"),
+        (Reason::Bucket { bucket: 2499 }, "bucket 2499 < 2500 (dial 25.00%)"),
+        (Reason::Bucket { bucket: 2500 }, "bucket 2500 >= 2500 (dial 25.00%)"),
+        (Reason::Bucket { bucket: 9000 }, "bucket 9000 >= 2500 (dial 25.00%)"),
+        (Reason::Bucket { bucket: 0 }, "bucket 0 < 2500 (dial 25.00%)"),
+        (Reason::NoStickyKey, "no sticky key (anonymous caller)"),
+    ];
+    for (reason, text) in cases {
+        assert_eq!(reason.describe(dial), text);
+    }
+}
