@@ -296,3 +296,149 @@ impl Registry {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Flow, Phases, RequestCtx};
+    use serde::Deserialize;
+
+    /// A policy owning `limit = { n = N }`: N must be positive; the plugin keeps the table
+    /// and how many builds it has been through (carried over from `previous`).
+    struct Counting;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct FileLimit {
+        n: Spanned<i64>,
+    }
+
+    struct CountingPlugin {
+        routes: PerRoute<i64>,
+        generation: u32,
+    }
+
+    impl Plugin for CountingPlugin {
+        fn name(&self) -> &'static str {
+            "counting"
+        }
+        fn phases(&self) -> Phases {
+            Phases { on_request: true, ..Phases::default() }
+        }
+        fn on_request(&self, _ctx: &mut RequestCtx, _request: &mut http::request::Parts) -> Flow {
+            Flow::Continue
+        }
+    }
+
+    impl RoutePolicy for Counting {
+        const ROUTE_KEY: &'static str = "limit";
+        type Compiled = i64;
+        type Plugin = CountingPlugin;
+
+        fn compile_route(&self, route: &RouteInfo<'_>, section: Section<'_>, errors: &mut ConfigErrors) -> Option<i64> {
+            let file: FileLimit = section.parse(errors)?;
+            if *file.n.get_ref() <= 0 {
+                errors.error(file.n.span(), format!("{}: n must be positive", route.name));
+                return None;
+            }
+            Some(*file.n.get_ref())
+        }
+
+        fn build(&self, routes: PerRoute<i64>, previous: Option<&CountingPlugin>) -> Option<CountingPlugin> {
+            if routes.is_empty() {
+                return None;
+            }
+            Some(CountingPlugin { routes, generation: previous.map_or(1, |p| p.generation + 1) })
+        }
+    }
+
+    fn info(id: usize) -> RouteInfo<'static> {
+        RouteInfo { id: RouteId(id), name: "r", checks_tokens: false, name_span: 0..1 }
+    }
+
+    fn value(text: &str) -> Section<'_> {
+        Section::new(DeValue::parse(text).expect("TOML"))
+    }
+
+    fn concrete(built: &BuiltPlugin) -> &CountingPlugin {
+        built.concrete.downcast_ref::<CountingPlugin>().expect("the counting plugin")
+    }
+
+    #[test]
+    fn the_registry_compiles_sections_and_builds_plugins() {
+        let registry = Registry::new().with(Counting);
+        assert_eq!(registry.keys().collect::<Vec<_>>(), ["limit"]);
+        assert_eq!(format!("{registry:?}"), r#"["limit"]"#);
+        let mut tables = registry.start(3);
+        assert_eq!(tables.len(), 1);
+        let mut errors = ConfigErrors::default();
+        registry.compile_route(&mut tables, 0, &info(0), value("{ n = 5 }"), &mut errors);
+        registry.compile_route(&mut tables, 0, &info(2), value("{ n = 7 }"), &mut errors);
+        registry.compile_route(&mut tables, 1, &info(1), value("{ n = 9 }"), &mut errors);
+        assert!(errors.is_empty());
+        let built = registry.build(tables, &[]);
+        assert_eq!(built.len(), 1);
+        assert_eq!(built[0].key, "limit");
+        assert_eq!(built[0].plugin.name(), "counting");
+        assert_eq!(format!("{:?}", built[0]), r#"BuiltPlugin { key: "limit", plugin: "counting" }"#);
+        let plugin = concrete(&built[0]);
+        assert_eq!(plugin.generation, 1);
+        assert_eq!(plugin.routes.get(RouteId(0)), Some(&5));
+        assert_eq!(plugin.routes.get(RouteId(1)), None, "a section for a policy index that does not exist is ignored");
+        assert_eq!(plugin.routes.get(RouteId(2)), Some(&7));
+
+        // The next build sees this one as `previous`.
+        let mut tables = registry.start(3);
+        registry.compile_route(&mut tables, 0, &info(0), value("{ n = 1 }"), &mut errors);
+        let next = registry.build(tables, &built);
+        assert_eq!(concrete(&next[0]).generation, 2);
+    }
+
+    #[test]
+    fn a_policy_no_route_uses_builds_nothing() {
+        let registry = Registry::new().with(Counting);
+        assert!(registry.build(registry.start(2), &[]).is_empty());
+    }
+
+    #[test]
+    fn problems_keep_their_spans_in_file_coordinates() {
+        let registry = Registry::new().with(Counting);
+        let mut tables = registry.start(1);
+        let mut errors = ConfigErrors::default();
+        let text = "{ n = -3 }";
+        registry.compile_route(&mut tables, 0, &info(0), value(text), &mut errors);
+        assert!(!errors.is_empty());
+        let problems = errors.into_problems();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(&text[problems[0].0.clone()], "-3");
+        assert_eq!(problems[0].1, "r: n must be positive");
+
+        let mut errors = ConfigErrors::default();
+        let text = "{ n = 1, m = 2 }";
+        let parsed: Option<FileLimit> = value(text).parse(&mut errors);
+        assert!(parsed.is_none());
+        let problems = errors.into_problems();
+        assert!(problems[0].1.contains("unknown field `m`"), "{problems:?}");
+        assert_eq!(&text[problems[0].0.clone()], "m");
+        let section = value("{ n = 1 }");
+        assert_eq!(section.span(), 0..9);
+        let mut errors = ConfigErrors::default();
+        assert_eq!(section.parse::<FileLimit>(&mut errors).map(|f| *f.n.get_ref()), Some(1));
+    }
+
+    #[test]
+    fn per_route_tables_index_by_route_id() {
+        let mut table = PerRoute::new(3);
+        assert!(table.is_empty());
+        table.set(RouteId(1), "one");
+        table.set(RouteId(9), "ignored");
+        assert!(!table.is_empty());
+        assert_eq!(table.get(RouteId(1)), Some(&"one"));
+        assert_eq!(table.get(RouteId(0)), None);
+        assert_eq!(table.get(RouteId(9)), None);
+        assert_eq!(table.iter().collect::<Vec<_>>(), [(RouteId(1), &"one")]);
+        let lengths = table.map(|id, text| (id.0, text.len()));
+        assert_eq!(lengths.get(RouteId(1)), Some(&(1, 3)));
+        assert_eq!(lengths.iter().count(), 1);
+    }
+}

@@ -336,6 +336,23 @@ mod tests {
     }
 
     #[test]
+    fn flows_print_what_they_hold() {
+        assert_eq!(format!("{:?}", Flow::Continue), "Continue");
+        assert_eq!(format!("{:?}", Flow::Wait(Box::pin(async {}))), "Wait(..)");
+        let respond = Flow::Respond(Rejection::new(StatusCode::TOO_MANY_REQUESTS, codes::RATE_LIMITED, "slow"));
+        assert!(format!("{respond:?}").starts_with("Respond(Rejection { status: 429"), "{respond:?}");
+    }
+
+    #[test]
+    fn side_errors_say_what_failed() {
+        use side::SideError;
+        assert_eq!(SideError::UnknownUpstream("x".into()).to_string(), "no upstream named x");
+        assert_eq!(SideError::BreakerOpen.to_string(), "the upstream's circuit breaker is open");
+        assert_eq!(SideError::Failed("timed out".into()).to_string(), "timed out");
+        assert_eq!(SideError::TooLarge.to_string(), "the response body is over the limit");
+    }
+
+    #[test]
     fn target_indexes_follow_all() {
         for (i, t) in Target::ALL.iter().enumerate() {
             assert_eq!(t.index(), i);

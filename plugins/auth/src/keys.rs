@@ -223,6 +223,31 @@ mod tests {
     }
 
     #[test]
+    fn a_set_supports_exactly_the_algorithms_its_keys_accept() {
+        let rsa = KeySet::from_pem(&fixture("rsa-public.pem")).expect("loads");
+        assert!(rsa.supports(Algorithm::RS256) && rsa.supports(Algorithm::PS512));
+        assert!(!rsa.supports(Algorithm::ES256) && !rsa.supports(Algorithm::HS256));
+        let secret = KeySet::from_secret(&[3u8; 32]).expect("valid");
+        assert!(secret.supports(Algorithm::HS256) && !secret.supports(Algorithm::RS256));
+    }
+
+    #[test]
+    fn symmetric_jwks_keys_are_refused_with_their_own_reason() {
+        let jwks = r#"{"keys":[{"kty":"oct","kid":"hmac-1","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA"}]}"#;
+        let error = KeySet::from_jwks(jwks).expect_err("oct keys are refused").to_string();
+        assert!(error.contains("symmetric (oct) keys are not read from files"), "{error}");
+        assert!(error.contains("hmac-1"), "{error}");
+    }
+
+    #[test]
+    fn key_debug_output_names_the_key_but_never_its_material() {
+        let set = KeySet::from_secret(b"0123456789abcdef0123456789abcdef").expect("valid");
+        let text = format!("{set:?}");
+        assert!(text.contains("VerifyingKey") && text.contains("family"), "{text}");
+        assert!(!text.contains("0123456789abcdef"), "{text}");
+    }
+
+    #[test]
     fn pem_keys_are_classified_by_family() {
         for (file, family) in [
             ("rsa-public.pem", AlgorithmFamily::Rsa),

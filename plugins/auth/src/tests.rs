@@ -422,3 +422,132 @@ fn optional_and_off_routes() {
     assert!(off.headers.get("x-user-id").is_none(), "spoofed identity removed on auth-off routes too");
     assert!(off.headers.get("authorization").is_some(), "the monolith's own auth header passes");
 }
+
+#[test]
+fn the_system_clock_is_the_wall_clock() {
+    let now = SystemClock.now_unix();
+    let reference = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970").as_secs();
+    assert!(now.abs_diff(reference) <= 1, "{now} vs {reference}");
+}
+
+/// A reload keeps the authenticator (and its verified tokens) only when nothing that
+/// decides acceptance or the claim headers changed.
+#[test]
+fn authenticators_are_equivalent_only_when_every_setting_matches() {
+    let clock = || Arc::new(ManualClock(AtomicU64::new(NOW)));
+    let base = || authenticator(clock(), 10);
+    assert!(base().equivalent(&base()));
+    let headers = Authenticator::new(
+        verifier_with(vec![Algorithm::ES256, Algorithm::RS256], 0),
+        vec![("sub".to_owned(), HeaderName::from_static("x-subject"))],
+        Some("session".to_owned()),
+        10,
+        clock(),
+    );
+    assert!(!base().equivalent(&headers), "other claim headers");
+    let cookie = Authenticator::new(
+        verifier_with(vec![Algorithm::ES256, Algorithm::RS256], 0),
+        vec![("sub".to_owned(), HeaderName::from_static("x-user-id"))],
+        None,
+        10,
+        clock(),
+    );
+    assert!(!base().equivalent(&cookie), "another cookie");
+    assert!(!base().equivalent(&authenticator(clock(), 11)), "another cache size");
+    let algorithms = Authenticator::new(
+        verifier_with(vec![Algorithm::RS256], 0),
+        vec![("sub".to_owned(), HeaderName::from_static("x-user-id"))],
+        Some("session".to_owned()),
+        10,
+        clock(),
+    );
+    assert!(!base().equivalent(&algorithms), "other algorithms");
+}
+
+#[test]
+fn verifiers_are_equivalent_only_with_the_same_keys_algorithms_issuer_audience_and_leeway() {
+    let base = || verifier_with(vec![Algorithm::RS256], 0);
+    assert!(base().equivalent(&base()));
+    assert!(!base().equivalent(&verifier_with(vec![Algorithm::RS256, Algorithm::ES256], 0)), "algorithms");
+    assert!(!base().equivalent(&verifier_with(vec![Algorithm::RS256], 5)), "leeway");
+    let issuer =
+        Verifier::new(jwks(), vec![Algorithm::RS256], Some("https://other".to_owned()), vec!["api".to_owned()], 0);
+    assert!(!base().equivalent(&issuer), "issuer");
+    let audience = Verifier::new(jwks(), vec![Algorithm::RS256], Some(ISSUER.to_owned()), vec!["web".to_owned()], 0);
+    assert!(!base().equivalent(&audience), "audience");
+    let secret = KeySet::from_secret(&[7u8; 32]).expect("valid");
+    let keys = Verifier::new(secret, vec![Algorithm::RS256], Some(ISSUER.to_owned()), vec!["api".to_owned()], 0);
+    assert!(!base().equivalent(&keys), "keys");
+}
+
+#[test]
+fn the_plugin_names_itself_and_its_phase() {
+    let plugin = plugin(vec![AuthMode::Required]);
+    assert_eq!(plugin.name(), "auth");
+    assert_eq!(plugin.phases(), gateway_plugin_api::Phases { authenticate: true, ..Default::default() });
+}
+
+/// Cached entries expire with their token (plus leeway) on the wall clock.
+#[test]
+fn cache_entries_expire_with_their_token() {
+    let cache = TokenCache::new(10, 0);
+    assert!(cache.is_empty());
+    let verified = |expires_at| {
+        Arc::new(Verified { identity: Arc::new(Identity { claims: Default::default(), expires_at }), headers: vec![] })
+    };
+    let now = SystemClock.now_unix();
+    cache.insert(TokenCache::digest("live"), verified(now + 3600));
+    cache.insert(TokenCache::digest("dead"), verified(now.saturating_sub(10)));
+    assert!(cache.get(&TokenCache::digest("live")).is_some());
+    assert!(cache.get(&TokenCache::digest("dead")).is_none(), "expired on the wall clock");
+    assert!(!cache.is_empty());
+}
+
+#[test]
+fn the_verifier_reports_what_it_checks() {
+    let verifier = verifier_with(vec![Algorithm::RS256], 12);
+    assert_eq!(verifier.issuer(), Some(ISSUER));
+    assert_eq!(verifier.audiences(), ["api".to_owned()]);
+    assert_eq!(verifier.leeway_seconds(), 12);
+}
+
+/// A valid RS256 token padded to exactly `length` bytes, if one can be: a `pad` claim
+/// sets the payload's length, and a `cty` header shifts the lengths base64 cannot reach.
+fn token_of_length(length: usize) -> Option<String> {
+    let signed = |pad: usize, cty: usize| {
+        let mut claims = good_claims();
+        claims["pad"] = json!("x".repeat(pad));
+        let key = EncodingKey::from_rsa_pem(&fixture("rsa-private.pem")).expect("fixture key loads");
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("rsa-1".to_owned());
+        header.cty = (cty > 0).then(|| "c".repeat(cty));
+        jsonwebtoken::encode(&header, &claims, &key).expect("signs")
+    };
+    for cty in 0..4 {
+        let mut pad = 0;
+        for _ in 0..20 {
+            let token = signed(pad, cty);
+            match token.len().cmp(&length) {
+                std::cmp::Ordering::Equal => return Some(token),
+                std::cmp::Ordering::Greater => break,
+                // Each pad byte is 4/3 of a token byte; close in from below.
+                std::cmp::Ordering::Less => pad += ((length - token.len()) * 3 / 4).max(1),
+            }
+        }
+    }
+    None
+}
+
+#[test]
+fn tokens_up_to_the_size_limit_verify_and_longer_ones_are_malformed() {
+    let verifier = verifier();
+    let at_limit = token_of_length(MAX_TOKEN_BYTES).expect("a token of exactly the limit");
+    assert!(verifier.verify(&at_limit, NOW).is_ok(), "exactly {MAX_TOKEN_BYTES} bytes is accepted");
+    let half = token_of_length(MAX_TOKEN_BYTES / 2).expect("an 8 KiB token");
+    assert!(verifier.verify(&half, NOW).is_ok(), "8 KiB tokens (fat claims) are fine");
+    let over: Vec<String> = (1..=3).filter_map(|extra| token_of_length(MAX_TOKEN_BYTES + extra)).collect();
+    assert!(!over.is_empty());
+    for token in over {
+        assert_eq!(verifier.verify(&token, NOW).unwrap_err(), AuthFailure::Malformed, "{} bytes", token.len());
+    }
+}

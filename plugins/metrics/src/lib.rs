@@ -139,6 +139,13 @@ impl Plugin for RequestMetrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_plugin_runs_at_on_complete_only() {
+        let plugin = RequestMetrics::new(&[]);
+        assert_eq!(plugin.name(), "metrics");
+        assert_eq!(plugin.phases(), Phases { on_complete: true, ..Phases::default() });
+    }
     use gateway_plugin_api::DEFAULT_ROUTE_LABEL;
     use http::{HeaderValue, StatusCode};
     use metrics_exporter_prometheus::PrometheusBuilder;

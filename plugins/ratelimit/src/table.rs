@@ -151,6 +151,17 @@ mod tests {
         assert!(table.take(Some(b"limited"), T0).is_err(), "still limited after the flood");
     }
 
+    #[test]
+    fn keys_spread_over_every_shard() {
+        let table = KeyTable::new(Rate::new(1.0, 1), SHARDS * 64);
+        for i in 0..400u32 {
+            assert!(table.take(Some(&i.to_le_bytes()), T0).is_ok(), "key {i} is new");
+        }
+        assert_eq!(table.tracked(), 400, "no shard filled up: the keys are spread");
+        let shards: std::collections::HashSet<usize> = (0..400u32).map(|i| table.shard_of(&i.to_le_bytes())).collect();
+        assert_eq!(shards.len(), SHARDS);
+    }
+
     /// Keys that land in the same shard as `first`.
     fn same_shard(table: &KeyTable, first: &[u8], count: usize) -> Vec<Vec<u8>> {
         let shard = table.shard_of(first);

@@ -203,3 +203,10 @@ fn a_reload_keeps_the_buckets_of_unchanged_limits_only() {
     let changed = RateLimitPolicy.build(routes, Some(&same)).unwrap();
     assert!(allowed(&changed, &mut ctx(0, T0, ip), &mut parts), "new settings, new buckets");
 }
+
+#[test]
+fn the_plugin_runs_at_on_request_only() {
+    let plugin = plugin(r#"{ requests_per_second = 1.0, burst = 1, key = "ip" }"#, false);
+    assert_eq!(plugin.name(), "rate_limit");
+    assert_eq!(plugin.phases(), Phases { on_request: true, ..Phases::default() });
+}
