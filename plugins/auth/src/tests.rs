@@ -551,3 +551,36 @@ fn tokens_up_to_the_size_limit_verify_and_longer_ones_are_malformed() {
         assert_eq!(verifier.verify(&token, NOW).unwrap_err(), AuthFailure::Malformed, "{} bytes", token.len());
     }
 }
+
+#[test]
+fn exp_may_be_a_fraction_but_never_negative() {
+    let verifier = verifier();
+    let mut claims = good_claims();
+    claims["exp"] = json!((NOW + 600) as f64 + 0.5);
+    assert!(verifier.verify(&sign(Algorithm::RS256, "rsa-1", &claims), NOW).is_ok(), "fractions truncate");
+    claims["exp"] = json!(-5.0);
+    assert_eq!(
+        verifier.verify(&sign(Algorithm::RS256, "rsa-1", &claims), NOW).unwrap_err(),
+        AuthFailure::MissingExpiry
+    );
+}
+
+#[test]
+fn an_audience_list_needs_one_accepted_entry() {
+    let verifier = verifier();
+    let mut claims = good_claims();
+    claims["aud"] = json!(["web", "api"]);
+    assert!(verifier.verify(&sign(Algorithm::RS256, "rsa-1", &claims), NOW).is_ok());
+    claims["aud"] = json!(["web", "mobile"]);
+    assert_eq!(verifier.verify(&sign(Algorithm::RS256, "rsa-1", &claims), NOW).unwrap_err(), AuthFailure::BadAudience);
+}
+
+#[test]
+fn boolean_and_number_claims_read_as_text() {
+    let mut claims = good_claims();
+    claims["admin"] = json!(true);
+    claims["level"] = json!(3);
+    let identity = verifier().verify(&sign(Algorithm::RS256, "rsa-1", &claims), NOW).expect("valid");
+    assert_eq!(identity.claim("admin"), Some("true"));
+    assert_eq!(identity.claim("level"), Some("3"));
+}
