@@ -71,6 +71,15 @@ pub async fn get(url: &str) -> Reply {
     send(Request::get(url).body(Full::default()).expect("a valid request")).await
 }
 
+/// GET `url` with these request headers.
+pub async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
+    let mut request = Request::get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    send(request.body(Full::default()).expect("a valid request")).await
+}
+
 /// Writes `request` as raw bytes and reads until the server closes the connection or
 /// [`IO_TIMEOUT`] passes; returns what was read as text.
 pub async fn raw_exchange(addr: SocketAddr, request: &[u8]) -> String {

@@ -5,7 +5,7 @@ mod gateway;
 pub mod tokens;
 mod upstream;
 
-pub use client::{Reply, get, raw_exchange, send, send_h2};
+pub use client::{Reply, get, get_with, raw_exchange, send, send_h2};
 pub use gateway::{TestGateway, base_config};
 pub use upstream::{MockUpstream, Recorded, RunningMock};
 

@@ -2,8 +2,6 @@
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http::Request;
-use http_body_util::Full;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
@@ -49,14 +47,6 @@ auth = "off"
     );
     let gateway = TestGateway::start(&config).await;
     World { monolith, users, gateway }
-}
-
-async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut request = Request::get(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    send(request.body(Full::default()).expect("a valid request")).await
 }
 
 #[tokio::test]

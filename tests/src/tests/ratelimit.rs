@@ -1,7 +1,5 @@
 //! Per-route rate limits end to end: the real gateway, real upstreams, real HTTP.
 
-use http::Request;
-use http_body_util::Full;
 use jsonwebtoken::Algorithm;
 
 use crate::harness::tokens::*;
@@ -55,14 +53,6 @@ auth = "off"
         auth = auth_section()
     );
     World { gateway: TestGateway::start(&config).await, monolith, users }
-}
-
-async fn get_with(url: &str, headers: &[(&str, &str)]) -> Reply {
-    let mut request = Request::get(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    send(request.body(Full::default()).expect("a valid request")).await
 }
 
 async fn limited_count(gateway: &TestGateway, route: &str) -> Option<u64> {
