@@ -121,5 +121,31 @@ fn reload_10000_routes(c: &mut Criterion) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-criterion_group!(benches, normalisation, routing, header_hygiene, jwt, reload_10000_routes);
+/// One token taken per call: a key seen before (one shard lock, one hash lookup), and a
+/// stream of new keys once the table is full (the overflow path a flood takes).
+fn rate_limit(c: &mut Criterion) {
+    use gateway_plugin_ratelimit::bucket::Rate;
+    use gateway_plugin_ratelimit::table::KeyTable;
+    use std::time::Duration;
+    let mut group = c.benchmark_group("rate_limit_take");
+    let table = KeyTable::new(Rate::new(1e6, 1_000_000), 65_536);
+    let mut now = Duration::from_secs(1);
+    group.bench_function("known_key", |b| {
+        b.iter(|| {
+            now += Duration::from_nanos(100);
+            table.take(Some(black_box(b"203.0.113.7")), now)
+        })
+    });
+    let full = KeyTable::new(Rate::new(1e6, 1_000_000), 1_024);
+    let mut key = 0u64;
+    group.bench_function("flood_of_new_keys", |b| {
+        b.iter(|| {
+            key += 1;
+            full.take(Some(black_box(&key.to_le_bytes())), Duration::from_secs(1))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, normalisation, routing, header_hygiene, jwt, reload_10000_routes, rate_limit);
 criterion_main!(benches);
