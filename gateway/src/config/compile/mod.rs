@@ -204,6 +204,7 @@ impl Checker<'_> {
         let mut route_names = HashSet::new();
         let mut prefixes = HashSet::new();
         let mut routes = Vec::new();
+        let mut route_modes = Vec::new();
         for route in &file.routes {
             known_upstream(self, &route.service);
             if let Some(monolith) = &route.monolith {
@@ -211,6 +212,7 @@ impl Checker<'_> {
             }
             let default_mode = if has_auth { AuthMode::Required } else { AuthMode::Off };
             let mode = self.auth_mode(&route.auth, has_auth, default_mode);
+            route_modes.push(mode);
             let policy = self.check_policy(route, mode, &segments);
             routes.push(self.check_route(route, mode, &mut route_names, &mut prefixes).zip(policy).map(
                 |(mut checked, policy)| {
@@ -230,7 +232,7 @@ impl Checker<'_> {
             aggregates.extend(checked.map(|a| (a, mode)));
         }
         let policy_tables =
-            self.check_policy_sections(file, &routes, sections, 1 + file.routes.len() + aggregates.len());
+            self.check_policy_sections(file, &route_modes, sections, 1 + file.routes.len() + aggregates.len());
         Some(Checked {
             policy_tables,
             aggregates,
@@ -247,7 +249,7 @@ impl Checker<'_> {
     fn check_policy_sections(
         &mut self,
         file: &FileConfig,
-        routes: &[Option<CheckedRoute>],
+        modes: &[AuthMode],
         sections: Vec<PolicySection<'_>>,
         route_count: usize,
     ) -> Vec<CompiledSections> {
@@ -255,8 +257,9 @@ impl Checker<'_> {
         let mut tables = registry.start(route_count);
         for (route_index, policy_index, value) in sections {
             let Some(route) = file.routes.get(route_index) else { continue };
-            let checks_tokens =
-                routes.get(route_index).and_then(Option::as_ref).is_some_and(|checked| checked.auth != AuthMode::Off);
+            // From the route's auth mode itself, so a route with another problem does not
+            // also get a misleading one about claims.
+            let checks_tokens = modes.get(route_index).is_some_and(|mode| *mode != AuthMode::Off);
             let info = RouteInfo {
                 id: RouteId(route_index),
                 name: route.name.get_ref(),

@@ -420,3 +420,26 @@ fn the_error_names_the_file() {
     let err = compile(Path::new("conf/routes.toml"), "[server]\n", 1).expect_err("missing keys");
     assert!(err.to_string().starts_with("conf/routes.toml:1:1: server: missing field `listen`"), "{err}");
 }
+
+/// Registered policy keys are checked by their crates, with the same positions, and a
+/// route's other problems do not spill into them.
+#[test]
+fn policy_sections_are_checked_by_their_crates() {
+    let auth = format!("algorithms = [\"RS256\"]\njwks_file = \"{FIXTURE_KEYS}/jwks.json\"");
+    let claim_limit = "rate_limit = { requests_per_second = 1.0, burst = 1, key = \"claim:sub\" }";
+    let text = with_auth(&auth, claim_limit).replace("name = \"users\"", "name = \"Users!\"");
+    let got = errors(&text);
+    assert!(got.iter().any(|e| e.contains("routes[0].name")), "{got:#?}");
+    assert!(!got.iter().any(|e| e.contains("claims exist only")), "the route checks tokens: {got:#?}");
+
+    let text = with_auth(&auth, "rate_limit = { requests_per_second = 1.0, burst = 0, key = \"ip\" }");
+    let got = errors(&text);
+    assert!(got.iter().any(|e| e.contains("routes[0].rate_limit.burst: must be 1 to")), "{got:#?}");
+
+    let snapshot = compile(Path::new("routes.toml"), &with_auth(&auth, claim_limit), 1).expect("valid");
+    assert_eq!(snapshot.policies.len(), 1);
+    assert_eq!(snapshot.plugins.on_request.len(), 1);
+    let without = compile(Path::new("routes.toml"), &with_auth(&auth, ""), 1).expect("valid");
+    assert!(without.policies.is_empty(), "no route has a limit: no plugin at all");
+    assert!(without.plugins.on_request.is_empty());
+}
