@@ -49,18 +49,15 @@ pub(super) async fn forward(
 }
 
 /// The reply for a call that produced no response head.
-pub(crate) fn call_error(failure: CallFailure) -> ProxyError {
+fn call_error(failure: CallFailure) -> ProxyError {
     match failure {
-        CallFailure::Failed { error: UpstreamError::BodyTooLarge, .. } => {
-            ProxyError::Upstream(UpstreamError::BodyTooLarge)
-        }
         CallFailure::Failed { error, .. } => ProxyError::Upstream(error),
         CallFailure::Refused { retry_after, .. } => ProxyError::BreakerOpen { retry_after },
     }
 }
 
 /// The fallback reason for an exchange that failed.
-pub(crate) fn failure_reason(error: &UpstreamError) -> FallbackReason {
+fn failure_reason(error: &UpstreamError) -> FallbackReason {
     match error {
         UpstreamError::Connect { .. } => FallbackReason::ConnectError,
         UpstreamError::Timeout { .. } => FallbackReason::Timeout,

@@ -40,12 +40,6 @@ pub(crate) enum ProxyError {
     Policy(Rejection),
 }
 
-impl From<Rejection> for ProxyError {
-    fn from(rejection: Rejection) -> Self {
-        ProxyError::Policy(rejection)
-    }
-}
-
 impl ProxyError {
     /// The status, code, message and headers the client gets.
     pub(crate) fn into_rejection(self) -> Rejection {

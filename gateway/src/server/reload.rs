@@ -18,23 +18,12 @@ use std::sync::Arc;
 use gateway_plugin_metrics::names;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::audit::{AppliedChange, ReloadFailure, diff, now};
+use crate::config::audit::{AppliedChange, ReloadFailure, ReloadState, diff, now};
 use crate::config::watch::{DEBOUNCE, Trigger, watch_directory};
 use crate::server::state::{Gateway, stopped};
 
-/// What one reload attempt did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Outcome {
-    /// A new snapshot is serving.
-    Applied,
-    /// The file is byte for byte what is already serving.
-    Unchanged,
-    /// The file was refused; the old snapshot keeps serving.
-    Refused,
-}
-
 /// Reads the config file again and swaps it in if it is valid.
-pub(crate) async fn reload(gateway: &Gateway, trigger: Trigger) -> Outcome {
+pub(crate) async fn reload(gateway: &Gateway, trigger: Trigger) {
     let current = gateway.snapshot();
     let path = current.meta.source.clone();
     let previous = current.clone();
@@ -63,26 +52,23 @@ pub(crate) async fn reload(gateway: &Gateway, trigger: Trigger) -> Outcome {
                 changes = %serde_json::to_string(&changes).unwrap_or_default(),
                 "config applied"
             );
-            Outcome::Applied
         }
         Ok(Ok(None)) => {
             // Back to what is serving (for example a broken edit reverted): nothing to swap,
             // and the last error no longer describes the file.
             state.clear_error();
             tracing::debug!(trigger = trigger.as_str(), "config file unchanged");
-            Outcome::Unchanged
         }
         Ok(Err(error)) => refuse(state, trigger, error.to_string()),
         Err(join) => refuse(state, trigger, format!("the reload task failed: {join}")),
     }
 }
 
-fn refuse(state: &crate::config::audit::ReloadState, trigger: Trigger, message: String) -> Outcome {
+fn refuse(state: &ReloadState, trigger: Trigger, message: String) {
     metrics::counter!(names::CONFIG_RELOADS_TOTAL, "result" => "error").increment(1);
     tracing::error!(trigger = trigger.as_str(), error = %message, "config refused; the running config keeps serving");
     let (at, at_unix) = now();
-    state.record_refused(ReloadFailure { message: message.clone(), at, at_unix });
-    Outcome::Refused
+    state.record_refused(ReloadFailure { message, at, at_unix });
 }
 
 /// Starts the reloader: a task that debounces triggers and reloads, and a watcher on the

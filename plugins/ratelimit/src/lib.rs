@@ -83,22 +83,13 @@ impl std::str::FromStr for LimitKey {
     }
 }
 
-/// One route's limit, as compiled: its settings and, once built, its buckets.
-#[derive(Debug)]
+/// One route's limit, as compiled.
+#[derive(Debug, PartialEq)]
 pub struct RouteLimit {
     route: Arc<str>,
     requests_per_second: f64,
     burst: u64,
     key: LimitKey,
-}
-
-impl RouteLimit {
-    fn same_settings(&self, other: &RouteLimit) -> bool {
-        self.route == other.route
-            && self.requests_per_second == other.requests_per_second
-            && self.burst == other.burst
-            && self.key == other.key
-    }
 }
 
 /// The policy: owns the `rate_limit` key on `[[routes]]`.
@@ -158,7 +149,7 @@ impl RoutePolicy for RateLimitPolicy {
             .map(|p| p.routes.iter().map(|(_, limiter)| (&*limiter.limit.route, limiter)).collect())
             .unwrap_or_default();
         let routes = routes.map(|_, limit| match kept.get(&*limit.route) {
-            Some(before) if before.limit.same_settings(&limit) => Arc::clone(before),
+            Some(before) if before.limit == limit => Arc::clone(before),
             _ => Arc::new(Limiter::new(limit)),
         });
         Some(RateLimiter { routes })
@@ -178,11 +169,6 @@ impl Limiter {
         let rate = Rate::new(limit.requests_per_second, limit.burst);
         let refused = metrics::counter!(RATE_LIMITED_TOTAL, "route" => limit.route.to_string());
         Limiter { table: KeyTable::new(rate, MAX_TRACKED_KEYS), limit, refused }
-    }
-
-    /// The buckets (for inspection in tests and benches).
-    pub fn table(&self) -> &KeyTable {
-        &self.table
     }
 }
 

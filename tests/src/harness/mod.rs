@@ -14,6 +14,27 @@ use std::time::Duration;
 /// Longest any single test exchange may take before the test fails instead of hanging.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A recording monolith and a recording `users` service behind the real gateway.
+pub struct UsersWorld {
+    /// The default upstream.
+    pub monolith: RunningMock,
+    /// `[upstreams.users]`.
+    pub users: RunningMock,
+    /// The gateway, serving [`base_config`] + `[upstreams.users]` + `rest`.
+    pub gateway: TestGateway,
+}
+
+impl UsersWorld {
+    /// Starts both mocks and a gateway whose config ends with `rest` (routes, `[auth]`).
+    pub async fn start(rest: &str) -> Self {
+        let monolith = MockUpstream::new("monolith").start().await;
+        let users = MockUpstream::new("users").start().await;
+        let config =
+            format!("{}\n[upstreams.users]\nurl = \"{}\"\n{rest}", base_config(&monolith.url(), ""), users.url());
+        UsersWorld { gateway: TestGateway::start(&config).await, monolith, users }
+    }
+}
+
 /// An address on loopback where nothing listens (bound once, then released).
 pub async fn closed_port() -> std::net::SocketAddr {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind an ephemeral port");

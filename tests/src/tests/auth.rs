@@ -8,22 +8,10 @@ use serde_json::json;
 use crate::harness::tokens::*;
 use crate::harness::*;
 
-struct World {
-    monolith: RunningMock,
-    users: RunningMock,
-    gateway: TestGateway,
-}
-
 /// `/api/users` (auth required), `/api/catalog` (optional), `/public` (off), and the
 /// default route (off) to the monolith.
-async fn world() -> World {
-    let monolith = MockUpstream::new("monolith").start().await;
-    let users = MockUpstream::new("users").start().await;
-    let config = format!(
-        r#"{base}
-[upstreams.users]
-url = "{users}"
-
+async fn world() -> UsersWorld {
+    let routes = r#"
 [[routes]]
 name = "users"
 prefix = "/api/users"
@@ -40,13 +28,8 @@ name = "public"
 prefix = "/public"
 service = "users"
 auth = "off"
-{auth}"#,
-        base = base_config(&monolith.url(), ""),
-        users = users.url(),
-        auth = auth_section()
-    );
-    let gateway = TestGateway::start(&config).await;
-    World { monolith, users, gateway }
+"#;
+    UsersWorld::start(&format!("{routes}{}", auth_section())).await
 }
 
 #[tokio::test]

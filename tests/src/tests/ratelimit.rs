@@ -5,34 +5,22 @@ use jsonwebtoken::Algorithm;
 use crate::harness::tokens::*;
 use crate::harness::*;
 
-struct World {
-    monolith: RunningMock,
-    users: RunningMock,
-    gateway: TestGateway,
-}
-
 /// `/api/users` keyed by the verified `sub`, `/search` keyed by a header and `/ip` by the
 /// client address, each with a burst of 2 and a slow refill; `/free` has no limit.
-async fn world() -> World {
-    let monolith = MockUpstream::new("monolith").start().await;
-    let users = MockUpstream::new("users").start().await;
-    let config = format!(
-        r#"{base}
-[upstreams.users]
-url = "{users}"
-
+async fn world() -> UsersWorld {
+    let routes = r#"
 [[routes]]
 name = "users"
 prefix = "/api/users"
 service = "users"
-rate_limit = {{ requests_per_second = 0.01, burst = 2, key = "claim:sub" }}
+rate_limit = { requests_per_second = 0.01, burst = 2, key = "claim:sub" }
 
 [[routes]]
 name = "search"
 prefix = "/search"
 service = "users"
 auth = "off"
-rate_limit = {{ requests_per_second = 0.01, burst = 2, key = "header:x-api-key" }}
+rate_limit = { requests_per_second = 0.01, burst = 2, key = "header:x-api-key" }
 
 [[routes]]
 name = "by-ip"
@@ -40,19 +28,15 @@ prefix = "/ip"
 service = "users"
 auth = "off"
 rollout_percent = 0.0
-rate_limit = {{ requests_per_second = 0.01, burst = 2, key = "ip" }}
+rate_limit = { requests_per_second = 0.01, burst = 2, key = "ip" }
 
 [[routes]]
 name = "free"
 prefix = "/free"
 service = "users"
 auth = "off"
-{auth}"#,
-        base = base_config(&monolith.url(), ""),
-        users = users.url(),
-        auth = auth_section()
-    );
-    World { gateway: TestGateway::start(&config).await, monolith, users }
+"#;
+    UsersWorld::start(&format!("{routes}{}", auth_section())).await
 }
 
 async fn limited_count(gateway: &TestGateway, route: &str) -> Option<u64> {
