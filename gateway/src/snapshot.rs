@@ -134,6 +134,8 @@ pub struct PhasePlugins {
     pub on_request: Vec<Arc<dyn Plugin>>,
     /// Run at `upstream_request`.
     pub upstream_request: Vec<Arc<dyn Plugin>>,
+    /// Run at `upstream_exchange`, before every request sent upstream.
+    pub upstream_exchange: Vec<Arc<dyn Plugin>>,
     /// Run at `on_response`.
     pub on_response: Vec<Arc<dyn Plugin>>,
     /// Run at `on_complete`.
@@ -151,6 +153,9 @@ impl PhasePlugins {
             }
             if declared.upstream_request {
                 phases.upstream_request.push(plugin.clone());
+            }
+            if declared.upstream_exchange {
+                phases.upstream_exchange.push(plugin.clone());
             }
             if declared.on_request {
                 phases.on_request.push(plugin.clone());
@@ -173,6 +178,7 @@ impl std::fmt::Debug for PhasePlugins {
             .field("authenticate", &names(&self.authenticate))
             .field("on_request", &names(&self.on_request))
             .field("upstream_request", &names(&self.upstream_request))
+            .field("upstream_exchange", &names(&self.upstream_exchange))
             .field("on_response", &names(&self.on_response))
             .field("on_complete", &names(&self.on_complete))
             .finish()

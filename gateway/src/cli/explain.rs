@@ -2,7 +2,9 @@
 //!
 //! It runs the data plane's own steps on a described request: the same normaliser, the
 //! same router, and [`crate::snapshot::Route::decide`], which calls the one rollout
-//! function. Claims given on the command line stand in for a verified token.
+//! function. Claims given on the command line stand in for a verified token. The path each
+//! side receives comes from the data plane's own `upstream_exchange` plugins
+//! ([`crate::proxy::upstream_target`]).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -13,8 +15,12 @@ use gateway_plugin_rollout::{Caller, Reason, client_ip};
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde::Serialize;
 
+use gateway_plugin_transform::HostHeader;
+
+use crate::proxy::upstream_target;
 use crate::routing::normalize::{PathError, normalize_path};
 use crate::snapshot::Snapshot;
+use crate::upstream::Upstream;
 
 /// A request to explain.
 #[derive(Clone, Debug, Default)]
@@ -64,6 +70,10 @@ pub struct Explanation {
     pub side: &'static str,
     /// The upstream that answers.
     pub upstream: String,
+    /// What the monolith side receives: the path and query as matched.
+    pub monolith_request: SideRequest,
+    /// What the service side receives (after `service_prefix`); `None` without a service.
+    pub service_request: Option<SideRequest>,
     /// The dial, e.g. `25.00%`.
     pub percent: Option<String>,
     /// The sticky source, e.g. `claim:sub`.
@@ -78,12 +88,56 @@ pub struct Explanation {
     pub note: Option<String>,
 }
 
+/// The request line and `Host` one side receives.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct SideRequest {
+    /// The upstream of that side.
+    pub upstream: String,
+    /// Path and query, as sent.
+    pub path: String,
+    /// The `Host` it is sent; `None` when it keeps the client's.
+    pub host: Option<String>,
+}
+
+impl SideRequest {
+    fn new(
+        snapshot: &Snapshot,
+        route: &crate::snapshot::Route,
+        side: Target,
+        upstream: &Upstream,
+        target: &str,
+    ) -> Self {
+        let host = match &upstream.settings.host_header {
+            HostHeader::Client => None,
+            HostHeader::Upstream => Some(upstream.authority().to_str().unwrap_or_default().to_owned()),
+            HostHeader::Literal(host) => Some(host.to_str().unwrap_or_default().to_owned()),
+        };
+        SideRequest { upstream: upstream.name.to_string(), path: upstream_target(snapshot, route, side, target), host }
+    }
+}
+
+impl std::fmt::Display for SideRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.host {
+            Some(host) => write!(f, "{} (upstream {}, Host {host})", self.path, self.upstream),
+            None => write!(f, "{} (upstream {}, the client's Host)", self.path, self.upstream),
+        }
+    }
+}
+
 /// Explains `request` against `snapshot`.
 pub fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Explanation, ExplainError> {
     let raw_path = request.path.split('?').next().unwrap_or_default();
     let path = normalize_path(raw_path).map_err(|error| ExplainError::Path { code: error.code(), error })?.into_owned();
     let route = snapshot.route(snapshot.router.find(&path));
     let auth = route.auth;
+    let target = match request.path.split_once('?') {
+        Some((_, query)) => format!("{path}?{query}"),
+        None => path.clone(),
+    };
+    let monolith_request = SideRequest::new(snapshot, route, Target::Monolith, &route.monolith, &target);
+    let service_request =
+        route.service.as_ref().map(|service| SideRequest::new(snapshot, route, Target::Service, service, &target));
 
     let mut headers = HeaderMap::new();
     for (name, value) in &request.headers {
@@ -141,6 +195,8 @@ pub fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Explanat
             _ => "monolith",
         },
         upstream: decision.upstream.name.to_string(),
+        monolith_request,
+        service_request,
         percent: policy.map(|p| p.percent.to_string()),
         sticky: policy.and_then(|p| p.sticky.as_ref()).map(ToString::to_string),
         sticky_key,
@@ -162,6 +218,10 @@ impl std::fmt::Display for Explanation {
         }
         writeln!(f, "side:   {} (upstream {})", self.side, self.upstream)?;
         writeln!(f, "reason: {}", self.reason)?;
+        writeln!(f, "sends:  monolith gets {}", self.monolith_request)?;
+        if let Some(service) = &self.service_request {
+            writeln!(f, "        service gets {service}")?;
+        }
         if let (Some(percent), Some(sticky)) = (&self.percent, &self.sticky) {
             match (&self.sticky_key, self.bucket) {
                 (Some(key), Some(bucket)) => writeln!(

@@ -2,12 +2,16 @@
 //!
 //! Buckets are fixed per (route name, sticky key), so moving the dial from p1 to p2 moves
 //! exactly the buckets between them, and only one way. Renaming a route or changing its
-//! sticky key changes every user's bucket: that reshuffles users, and is a warning.
+//! sticky key changes every user's bucket: that reshuffles users, and is a warning. A
+//! change to the path the service receives (`service_prefix`) is named too: it is found
+//! by running both configs' `upstream_exchange` plugins on the route's prefix.
 
 use std::collections::BTreeMap;
 
+use gateway_plugin_api::Target;
 use gateway_plugin_rollout::{BasisPoints, RoutePolicy};
 
+use crate::proxy::upstream_target;
 use crate::snapshot::{Route, Snapshot};
 
 /// One line per route, in the new file's order, then removed routes.
@@ -18,7 +22,10 @@ pub fn preview(old: &Snapshot, new: &Snapshot) -> Vec<String> {
     for route in new.routes.iter().filter(|r| r.prefix.is_some()) {
         let (Some(new_policy), Some(prefix)) = (&route.policy, &route.prefix) else { continue };
         match old_routes.get(&*route.name).and_then(|r| r.policy.as_ref().map(|p| (*r, p))) {
-            Some((old_route, old_policy)) => lines.push(compare(&route.name, old_route, old_policy, route, new_policy)),
+            Some((old_route, old_policy)) => {
+                let service_path = service_path_change(old, old_route, new, route);
+                lines.push(compare(&route.name, old_route, old_policy, route, new_policy, service_path));
+            }
             None => {
                 let renamed_from = old_routes
                     .values()
@@ -67,7 +74,23 @@ fn routed(snapshot: &Snapshot) -> BTreeMap<String, &Route> {
     snapshot.routes.iter().filter(|r| r.prefix.is_some()).map(|r| (r.name.to_string(), r)).collect()
 }
 
-fn compare(name: &str, old_route: &Route, old: &RoutePolicy, new_route: &Route, new: &RoutePolicy) -> String {
+/// "service_prefix: the service gets /api/users as /v3/users (was /v2/users)" when the
+/// service would receive the route's prefix differently.
+fn service_path_change(old: &Snapshot, old_route: &Route, new: &Snapshot, new_route: &Route) -> Option<String> {
+    let (Some(old_prefix), Some(new_prefix)) = (&old_route.prefix, &new_route.prefix) else { return None };
+    let before = upstream_target(old, old_route, Target::Service, old_prefix);
+    let after = upstream_target(new, new_route, Target::Service, new_prefix);
+    (before != after).then(|| format!("service_prefix: the service gets {new_prefix} as {after} (was {before})"))
+}
+
+fn compare(
+    name: &str,
+    old_route: &Route,
+    old: &RoutePolicy,
+    new_route: &Route,
+    new: &RoutePolicy,
+    service_path: Option<String>,
+) -> String {
     let mut notes = Vec::new();
     if old_route.prefix != new_route.prefix {
         notes.push(format!(
@@ -84,6 +107,7 @@ fn compare(name: &str, old_route: &Route, old: &RoutePolicy, new_route: &Route, 
     for removed in old_segments.iter().filter(|s| !new_segments.contains(s)) {
         notes.push(format!("segment {removed} removed: its members follow the dial"));
     }
+    notes.extend(service_path);
     let suffix = if notes.is_empty() { String::new() } else { format!(" ({})", notes.join("; ")) };
 
     let sticky = |p: &RoutePolicy| p.sticky.as_ref().map_or_else(|| "none".to_owned(), ToString::to_string);
@@ -211,5 +235,22 @@ mod tests {
         );
         let without_beta = config(&route("users", "10", ""));
         assert!(preview(&one, &without_beta)[0].contains("segment beta removed: its members follow the dial"));
+    }
+
+    #[test]
+    fn a_changed_service_prefix_is_named() {
+        let plain = config(&route("users", "10", ""));
+        let v2 = config(&route("users", "10", "service_prefix = \"/v2/users\""));
+        let v3 =
+            config(&route("users", "10", "service_prefix = \"/v3/users\"\nrequest_headers = { remove = [\"x-a\"] }"));
+        assert_eq!(
+            preview(&v2, &v3),
+            [
+                "users: 10.00% unchanged; nobody moves (service_prefix: the service gets /api/users as /v3/users (was /v2/users))"
+            ]
+        );
+        assert!(preview(&plain, &v2)[0].contains("the service gets /api/users as /v2/users (was /api/users)"));
+        assert!(preview(&v2, &plain)[0].contains("the service gets /api/users as /api/users (was /v2/users)"));
+        assert_eq!(preview(&v2, &v2), ["users: 10.00% unchanged; nobody moves"], "an unchanged prefix says nothing");
     }
 }

@@ -195,6 +195,9 @@ pub struct FileUpstream {
     pub pool_max_idle: Option<Spanned<u64>>,
     /// A circuit breaker for this upstream; none when absent.
     pub breaker: Option<Spanned<FileBreaker>>,
+    /// The `Host` it is sent: `client` (default), `upstream` (the url's host:port) or a
+    /// literal host.
+    pub host_header: Option<Spanned<String>>,
 }
 
 /// `breaker = { failures = 5, window_seconds = 60, open_seconds = 30, half_open_requests = 1 }`.

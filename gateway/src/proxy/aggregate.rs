@@ -1,18 +1,19 @@
 //! Serving an aggregate: fetch every part in parallel, merge, answer once.
 //!
 //! Each part is a GET to its upstream (through the upstream's pool and breaker), or to the
-//! side its route picks for this caller (the same `Route::decide` as the data plane). Every
-//! part carries the caller's verified identity headers, `x-request-id` and the trace
-//! context. All parts share one deadline, the aggregate's `timeout_ms`, and a part's own
+//! side its route picks for this caller (the same `Route::decide` as the data plane); a
+//! route's part is prepared by the `upstream_exchange` plugins like any request of that
+//! route (its service prefix, its header edits). Every part carries the caller's verified
+//! identity headers, `x-request-id` and the trace context; the upstream sets `Host`. All parts share one deadline, the aggregate's `timeout_ms`, and a part's own
 //! `timeout_ms` can only shorten it, so the whole call never takes longer than the
 //! aggregate's limit.
 
 use bytes::Bytes;
 use gateway_plugin_aggregate::{Aggregate, Part, PartFailure, PartResult, PartSource, merge};
-use gateway_plugin_api::{RequestCtx, Target, codes};
+use gateway_plugin_api::{Exchange, RequestCtx, Target, codes};
 use gateway_plugin_metrics::names;
 use gateway_plugin_rollout::Caller;
-use http::header::{ACCEPT, CONTENT_TYPE, HOST, HeaderMap, HeaderName, HeaderValue};
+use http::header::{ACCEPT, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use tokio::time::Instant;
@@ -54,7 +55,8 @@ pub(crate) async fn serve(
     shared.insert(&X_REQUEST_ID, ctx.request_id.clone());
     shared.insert(ACCEPT, HeaderValue::from_static("application/json"));
 
-    let fetches = aggregate.parts.iter().map(|part| fetch(snapshot, aggregate, part, &shared, caller, deadline));
+    let ctx: &RequestCtx = ctx;
+    let fetches = aggregate.parts.iter().map(|part| fetch(snapshot, ctx, aggregate, part, &shared, caller, deadline));
     let results = futures_util::future::join_all(fetches).await;
     let merged = merge(aggregate, results);
     for part in &merged.failed_parts {
@@ -86,6 +88,7 @@ pub(crate) async fn serve(
 /// Fetches one part before `deadline` (or its own, earlier, limit).
 async fn fetch(
     snapshot: &Snapshot,
+    ctx: &RequestCtx,
     aggregate: &Aggregate,
     part: &Part,
     shared: &HeaderMap,
@@ -94,23 +97,26 @@ async fn fetch(
 ) -> PartResult {
     let started = Instant::now();
     let part_deadline = deadline.min(started + part.timeout);
-    let upstream = match &part.source {
-        PartSource::Upstream(name) => snapshot.upstreams.get(&**name),
-        PartSource::Route(name) => snapshot
-            .routes
-            .iter()
-            .find(|r| r.name == *name)
-            .map(|route| route.decide(caller, route.service_health()).upstream),
+    // The upstream, and for a route's part the exchange its plugins prepare.
+    let target = match &part.source {
+        PartSource::Upstream(name) => snapshot.upstreams.get(&**name).map(|upstream| (upstream, None)),
+        PartSource::Route(name) => snapshot.routes.iter().find(|r| r.name == *name).map(|route| {
+            let decision = route.decide(caller, route.service_health());
+            (decision.upstream, Some(Exchange { route: route.id, side: decision.target }))
+        }),
     };
-    let Some(upstream) = upstream else {
+    let Some((upstream, exchange)) = target else {
         // Validation guarantees the reference; a missing one is reported, not a panic.
         return PartResult::Failed(PartFailure::UnknownSource);
     };
-    let mut request = Request::new(Either::Right(Full::default()));
-    *request.method_mut() = Method::GET;
-    *request.uri_mut() = part.path.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
-    *request.headers_mut() = shared.clone();
-    request.headers_mut().insert(HOST, upstream.host_header().clone());
+    let (mut head, body) = Request::new(Either::Right(Full::default())).into_parts();
+    head.method = Method::GET;
+    head.uri = part.path.parse::<Uri>().unwrap_or_else(|_| Uri::from_static("/"));
+    head.headers = shared.clone();
+    if let Some(exchange) = exchange {
+        crate::proxy::run_exchange_hooks(&snapshot.plugins.upstream_exchange, ctx, exchange, &mut head);
+    }
+    let request = Request::from_parts(head, body);
 
     let max = aggregate.max_part_bytes;
     let exchange = async {

@@ -7,29 +7,36 @@
 //! - after sending, only an idempotent request whose whole body was buffered (at most
 //!   `fallback_body_limit`) is replayed, and only before any response byte reached the
 //!   client, which is always the case here: the response head is still in hand;
-//! - a body over the limit is the client's doing: 413, no fallback.
+//! - a body over the limit is the client's doing: 413, no fallback;
+//! - a replay is the request as matched (path and `Host`), never the service's rewrite of
+//!   it: each side's exchange starts from the matched head.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
-use gateway_plugin_api::{FallbackReason, RequestCtx, Target};
+use gateway_plugin_api::{Exchange, FallbackReason, Plugin, RequestCtx, Target};
+use http::header::{HOST, HeaderValue};
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Body;
 
 use super::reply::ProxyError;
-use super::{Selection, is_idempotent};
+use super::{Selection, is_idempotent, run_exchange_hooks};
 use crate::snapshot::Route;
 use crate::upstream::call::{CallFailure, call};
 use crate::upstream::{ResponseBody, Upstream, UpstreamBody, UpstreamError};
 
-/// Sends `request` to the selected side and returns the response head to pass on.
+/// Sends `request` (the head as matched) to the selected side and returns the response
+/// head to pass on. `exchange_hooks` are the plugins of the `upstream_exchange` phase.
 pub(super) async fn forward(
+    exchange_hooks: &[Arc<dyn Plugin>],
     route: &Route,
     ctx: &mut RequestCtx,
     selection: Selection<'_>,
     request: Request<UpstreamBody>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let request = match (&route.service, selection.target) {
-        (Some(service), Target::Service) => match call_service(route, service, request).await {
+        (Some(service), Target::Service) => match call_service(exchange_hooks, ctx, route, service, request).await {
             ServiceResult::Answered(response) => return Ok(response),
             ServiceResult::Failed(error) => return Err(error),
             ServiceResult::FallBack { request, reason } => {
@@ -45,7 +52,49 @@ pub(super) async fn forward(
         }
     };
     // The monolith side: the route's monolith, or the default upstream.
+    let request = for_side(exchange_hooks, ctx, route, Target::Monolith, request);
     call(&route.monolith, request).await.map_err(call_error)
+}
+
+/// `request` as the upstream_exchange plugins prepare it for `side`.
+fn for_side(
+    exchange_hooks: &[Arc<dyn Plugin>],
+    ctx: &RequestCtx,
+    route: &Route,
+    side: Target,
+    request: Request<UpstreamBody>,
+) -> Request<UpstreamBody> {
+    if exchange_hooks.is_empty() {
+        return request;
+    }
+    let (mut parts, body) = request.into_parts();
+    run_exchange_hooks(exchange_hooks, ctx, Exchange { route: route.id, side }, &mut parts);
+    Request::from_parts(parts, body)
+}
+
+/// The URI and `Host` of a request as matched, to undo the service's rewrite of a request
+/// that comes back unsent and is replayed on the monolith.
+struct AsMatched {
+    uri: Uri,
+    host: Option<HeaderValue>,
+}
+
+impl AsMatched {
+    fn restore(self, mut request: Request<UpstreamBody>) -> Request<UpstreamBody> {
+        *request.uri_mut() = self.uri;
+        match self.host {
+            Some(host) => request.headers_mut().insert(HOST, host),
+            None => request.headers_mut().remove(HOST),
+        };
+        request
+    }
+}
+
+fn restore(as_matched: Option<AsMatched>, request: Request<UpstreamBody>) -> Request<UpstreamBody> {
+    match as_matched {
+        Some(as_matched) => as_matched.restore(request),
+        None => request,
+    }
 }
 
 /// The reply for a call that produced no response head.
@@ -91,8 +140,17 @@ enum ServiceResult {
 }
 
 /// Calls the service, keeping what a safe replay needs (see the module rules).
-async fn call_service(route: &Route, service: &Upstream, request: Request<UpstreamBody>) -> ServiceResult {
-    let (parts, body) = request.into_parts();
+async fn call_service(
+    exchange_hooks: &[Arc<dyn Plugin>],
+    ctx: &RequestCtx,
+    route: &Route,
+    service: &Upstream,
+    request: Request<UpstreamBody>,
+) -> ServiceResult {
+    let (mut parts, body) = request.into_parts();
+    // Only kept when something will rewrite the service's copy (two reference counts).
+    let as_matched = (!exchange_hooks.is_empty() || service.rewrites_host())
+        .then(|| AsMatched { uri: parts.uri.clone(), host: parts.headers.get(HOST).cloned() });
     let replayable_after_send = route.fallback.enabled
         && is_idempotent(&parts.method)
         && body.size_hint().upper().is_some_and(|upper| upper <= route.fallback.body_limit);
@@ -101,15 +159,18 @@ async fn call_service(route: &Route, service: &Upstream, request: Request<Upstre
             Ok(bytes) => bytes,
             Err(error) => return ServiceResult::Failed(error),
         };
-        // A replay needs the request line and headers, not hyper's per-request extensions.
+        // A replay needs the request line and headers as matched, not hyper's per-request
+        // extensions, and not the service's rewrite.
         let copy = ReplayCopy {
             method: parts.method.clone(),
             uri: parts.uri.clone(),
             headers: parts.headers.clone(),
             body: bytes.clone(),
         };
+        run_exchange_hooks(exchange_hooks, ctx, Exchange { route: route.id, side: Target::Service }, &mut parts);
         (Request::from_parts(parts, Either::Right(Full::new(bytes))), Some(copy))
     } else {
+        run_exchange_hooks(exchange_hooks, ctx, Exchange { route: route.id, side: Target::Service }, &mut parts);
         (Request::from_parts(parts, body), None)
     };
     match call(service, request).await {
@@ -125,10 +186,11 @@ async fn call_service(route: &Route, service: &Upstream, request: Request<Upstre
         }
         // An open breaker routes to the monolith whatever `fallback` says.
         Err(CallFailure::Refused { request, .. }) => {
-            ServiceResult::FallBack { request, reason: FallbackReason::BreakerOpen }
+            ServiceResult::FallBack { request: restore(as_matched, request), reason: FallbackReason::BreakerOpen }
         }
         Err(CallFailure::Failed { error, unsent }) => {
             let reason = failure_reason(&error);
+            let unsent = unsent.map(|request| restore(as_matched, request));
             match (route.fallback.enabled, unsent, replay_of(replay_copy)) {
                 (true, Some(request), _) | (true, None, Some(request)) => ServiceResult::FallBack { request, reason },
                 _ => ServiceResult::Failed(ProxyError::Upstream(error)),

@@ -7,28 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-/// Request id header: kept from the client when sane, otherwise made; always returned.
-pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-/// Client address chain; the gateway appends the peer address.
-pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-/// Scheme the client used to reach the gateway.
-pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-/// Names the reason on every response the gateway makes itself.
-pub static X_GATEWAY_ERROR: HeaderName = HeaderName::from_static("x-gateway-error");
-
-/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1), plus the
-/// non-standard `keep-alive` and `proxy-connection`.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+use gateway_plugin_api::headers::HOP_BY_HOP;
+pub use gateway_plugin_api::headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO, X_GATEWAY_ERROR, X_REQUEST_ID};
 
 /// Longest client-supplied request id kept (bytes).
 const MAX_REQUEST_ID_LEN: usize = 128;

@@ -17,6 +17,9 @@
 //!                          │                  upstream_request* (edit the     │
 //!                          │                  request, side requests)         │
 //!                          │                          │                       │
+//!                    upstream_exchange* before each request sent upstream     │
+//!                    (service prefix, header edits; the upstream sets Host)   │
+//!                          │                          │                       │
 //!                          │                  forward (413, 502, 503, 504;    │
 //!                          │                  safe fallback to the monolith)──┤
 //!                          ▼                          ▼                       ▼
@@ -37,7 +40,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use gateway_plugin_api::{Flow, Outcome, Plugin, RequestCtx, Target, codes};
+use gateway_plugin_api::{Exchange, Flow, Outcome, Plugin, RequestCtx, Target, codes};
 use gateway_plugin_rollout::{Caller, ServiceHealth, client_ip};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -122,13 +125,14 @@ async fn run(
     if body.size_hint().lower() > limit {
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    prepare_upstream_request(ctx, &mut parts, path_and_query, peer, selection.upstream);
+    prepare_upstream_request(ctx, &mut parts, path_and_query, peer);
     if !plugins.upstream_request.is_empty() {
         let side = SideRequests { upstreams: &snapshot.upstreams };
         run_hooks(&plugins.upstream_request, |plugin| plugin.upstream_request(ctx, &mut parts, &side)).await?;
     }
     let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
-    forward::forward(route, ctx, selection, Request::from_parts(parts, Either::Left(body))).await
+    let request = Request::from_parts(parts, Either::Left(body));
+    forward::forward(&plugins.upstream_exchange, route, ctx, selection, request).await
 }
 
 /// Phase: normalise. One spelling of the path for auth, routing and the upstream.
@@ -207,25 +211,55 @@ fn select_target<'r>(route: &'r Route, ctx: &mut RequestCtx, headers: &http::Hea
     selection
 }
 
-/// The outgoing request head: hop-by-hop headers out, forwarding headers and the request
-/// id in, `Host` kept (or made), origin-form URI with the normalised path.
+/// The outgoing request head, as matched: hop-by-hop headers out, forwarding headers and
+/// the request id in, the client's `Host` kept (the upstream may replace it, and adds its
+/// own when there is none), origin-form URI with the normalised path.
 fn prepare_upstream_request(
     ctx: &RequestCtx,
     parts: &mut http::request::Parts,
     path_and_query: PathAndQuery,
     peer: &Peer,
-    upstream: &Upstream,
 ) {
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::set_forwarding(&mut parts.headers, &peer.header);
     if !parts.headers.contains_key(header::HOST) {
         // HTTP/2 clients send :authority instead of Host; HTTP/1.1 upstreams need a Host.
-        let host = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok());
-        parts.headers.insert(header::HOST, host.unwrap_or_else(|| upstream.host_header().clone()));
+        if let Some(host) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+            parts.headers.insert(header::HOST, host);
+        }
     }
     parts.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
     parts.uri = Uri::from(path_and_query);
     parts.version = Version::HTTP_11;
+}
+
+/// Phase: upstream_exchange. Runs that phase's plugins on the head of one request about
+/// to be sent to `exchange.side` (the forward, a replay, an aggregate part).
+pub(crate) fn run_exchange_hooks(
+    plugins: &[Arc<dyn Plugin>],
+    ctx: &RequestCtx,
+    exchange: Exchange,
+    parts: &mut http::request::Parts,
+) {
+    for plugin in plugins {
+        plugin.upstream_exchange(ctx, &exchange, parts);
+    }
+}
+
+/// The request target (path and query) `side` of `route` receives for `target`, the
+/// normalised path and query as matched: the data plane's `upstream_exchange` plugins run
+/// on it as they would on a request. `gateway explain` and `gateway check --against` call
+/// this, so they cannot disagree with the data plane.
+pub fn upstream_target(snapshot: &Snapshot, route: &Route, side: Target, target: &str) -> String {
+    let plugins = &snapshot.plugins.upstream_exchange;
+    let Ok(uri) = target.parse::<Uri>() else { return target.to_owned() };
+    let (mut parts, ()) = Request::new(()).into_parts();
+    parts.uri = uri;
+    let mut ctx = RequestCtx::new(HeaderValue::from_static("preview"), clock::now());
+    ctx.route = Some(route.id);
+    ctx.target = Some(side);
+    run_exchange_hooks(plugins, &ctx, Exchange { route: route.id, side }, &mut parts);
+    parts.uri.path_and_query().map_or_else(|| target.to_owned(), ToString::to_string)
 }
 
 /// Phase: respond. The upstream's head loses its hop-by-hop headers, a failure becomes

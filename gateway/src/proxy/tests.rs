@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_plugin_api::side::Upstreams;
-use gateway_plugin_api::{FallbackReason, Flow, Phases, Plugin, RequestCtx};
+use gateway_plugin_api::{Exchange, FallbackReason, Flow, Phases, Plugin, RequestCtx, Target};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full};
 
@@ -116,7 +116,12 @@ fn harness(extra: &str, users: Behaviour) -> Harness {
 }
 
 fn harness_with(extra: &str, users: Behaviour, adjust: impl FnOnce(&mut Snapshot)) -> Harness {
-    let text = format!("{BASE}\n{extra}");
+    harness_from(BASE, extra, users, adjust)
+}
+
+/// As [`harness_with`], on another `[server]` and `[upstreams]` base.
+fn harness_from(base: &str, extra: &str, users: Behaviour, adjust: impl FnOnce(&mut Snapshot)) -> Harness {
+    let text = format!("{base}\n{extra}");
     let mut snapshot = crate::config::compile(Path::new("routes.toml"), &text, 1).unwrap_or_else(|e| panic!("{e}"));
     let monolith = Recorder::new("monolith", Behaviour::Ok);
     let users = Recorder::new("users", users);
@@ -480,7 +485,14 @@ impl Plugin for Probe {
     }
 
     fn phases(&self) -> Phases {
-        Phases { authenticate: true, on_request: true, upstream_request: true, on_response: true, on_complete: true }
+        Phases {
+            authenticate: true,
+            on_request: true,
+            upstream_request: true,
+            upstream_exchange: true,
+            on_response: true,
+            on_complete: true,
+        }
     }
 
     fn authenticate(&self, ctx: &mut RequestCtx, _request: &mut http::request::Parts) -> Flow {
@@ -517,6 +529,14 @@ impl Plugin for Probe {
         Flow::Continue
     }
 
+    fn upstream_exchange(&self, ctx: &RequestCtx, exchange: &Exchange, _request: &mut http::request::Parts) {
+        assert_eq!(Some(exchange.route), ctx.route, "a forward is the matched route's exchange");
+        self.log.lock().unwrap().push(match exchange.side {
+            Target::Service => "upstream_exchange:service",
+            _ => "upstream_exchange:monolith",
+        });
+    }
+
     fn on_response(&self, _ctx: &RequestCtx, response: &mut http::response::Parts) {
         self.log.lock().unwrap().push("on_response");
         response.headers.insert("x-probe-response", http::HeaderValue::from_static("1"));
@@ -534,6 +554,7 @@ fn with_probe(probe: Probe) -> impl FnOnce(&mut Snapshot) {
         plugins.authenticate.push(probe.clone());
         plugins.on_request.push(probe.clone());
         plugins.upstream_request.push(probe.clone());
+        plugins.upstream_exchange.push(probe.clone());
         plugins.on_response.push(probe.clone());
         plugins.on_complete.push(probe);
     }
@@ -548,7 +569,15 @@ async fn hooks_run_in_phase_order_and_a_wait_calls_the_hook_again() {
     assert_eq!(response.headers()["x-probe-response"], "1");
     assert_eq!(
         *log.lock().unwrap(),
-        ["authenticate", "wait", "on_request", "upstream_request", "on_response", "on_complete"]
+        [
+            "authenticate",
+            "wait",
+            "on_request",
+            "upstream_request",
+            "upstream_exchange:service",
+            "on_response",
+            "on_complete"
+        ]
     );
     assert_eq!(h.users.last().headers()["x-probe"], "edited", "upstream_request edits the outgoing request");
 }
@@ -594,4 +623,154 @@ async fn a_side_request_to_an_unknown_upstream_fails_cleanly() {
     assert_eq!(result.unwrap_err(), gateway_plugin_api::side::SideError::UnknownUpstream("nope".to_owned()));
     let result = side.send("users", Request::builder().uri("/x").body(Bytes::new()).unwrap(), 2).await;
     assert_eq!(result.unwrap_err(), gateway_plugin_api::side::SideError::TooLarge, "users answers 'users /x'");
+}
+
+// === route transforms ===
+
+/// The users route with every transform; `users` wants its own Host, the monolith a literal.
+fn transforms(users_host: &str, monolith_host: &str, route_extra: &str) -> Harness {
+    let base = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+default_upstream = "monolith"
+
+[upstreams.monolith]
+url = "http://monolith.test"
+host_header = "{monolith_host}"
+
+[upstreams.users]
+url = "http://users.test:3001"
+timeout_ms = 1000
+host_header = "{users_host}"
+"#
+    );
+    let routes = format!(
+        r#"
+[[routes]]
+name = "users"
+prefix = "/api/users"
+service = "users"
+service_prefix = "/v2/users"
+request_headers = {{ set = {{ "x-migrated-by" = "gateway" }}, remove = ["x-debug"] }}
+response_headers = {{ set = {{ "cache-control" = "no-store" }}, remove = ["x-upstream-secret"] }}
+{route_extra}
+"#
+    );
+    harness_from(&base, &routes, Behaviour::Ok, |_| {})
+}
+
+impl Harness {
+    async fn get_with_debug(&self, uri: &str) -> Response<Bytes> {
+        let request = Request::builder()
+            .uri(uri)
+            .header("host", "gateway.test")
+            .header("x-debug", "1")
+            .body(Either::Right(Full::new(Bytes::new())))
+            .unwrap();
+        let response = handle(self.snapshot.clone(), request, &peer()).await;
+        let (parts, body) = response.into_parts();
+        let bytes = body.collect().await.expect("a whole body").to_bytes();
+        Response::from_parts(parts, bytes)
+    }
+}
+
+#[tokio::test]
+async fn the_service_gets_its_prefix_and_host_and_both_sides_the_header_edits() {
+    let h = transforms("upstream", "client", "");
+    let response = h.get_with_debug("/api/users/7?fields=name").await;
+    assert_eq!(response.body(), "users /v2/users/7?fields=name", "the prefix is replaced, the query kept");
+    assert_eq!(response.headers()["cache-control"], "no-store");
+    let seen = h.users.last();
+    assert_eq!(seen.headers()["host"], "users.test:3001", "host_header = upstream");
+    assert_eq!(seen.headers()["x-migrated-by"], "gateway");
+    assert!(!seen.headers().contains_key("x-debug"));
+    assert_eq!(seen.headers()["x-forwarded-for"], "192.0.2.1", "the gateway's own headers are untouched");
+
+    // Unmatched traffic: no route transforms; the monolith keeps the client's Host.
+    let response = h.get_with_debug("/legacy").await;
+    assert_eq!(response.body(), "monolith /legacy");
+    assert!(!response.headers().contains_key("cache-control"));
+    let seen = h.monolith.last();
+    assert_eq!(seen.headers()["host"], "gateway.test", "host_header = client");
+    assert_eq!(seen.headers()["x-debug"], "1");
+}
+
+#[tokio::test]
+async fn the_monolith_side_of_a_transformed_route_gets_the_path_as_matched() {
+    let h = transforms("upstream", "monolith.internal:8080", "rollout_percent = 0");
+    let response = h.get_with_debug("/api/users/7?fields=name").await;
+    assert_eq!(response.body(), "monolith /api/users/7?fields=name");
+    assert_eq!(response.headers()["cache-control"], "no-store", "response edits apply on both sides");
+    let seen = h.monolith.last();
+    assert_eq!(seen.headers()["host"], "monolith.internal:8080", "a literal host_header");
+    assert_eq!(seen.headers()["x-migrated-by"], "gateway", "request edits apply on both sides");
+    assert!(!seen.headers().contains_key("x-debug"));
+    assert_eq!(h.users.count(), 0);
+}
+
+#[tokio::test]
+async fn a_replay_after_sending_goes_to_the_monolith_as_matched() {
+    let h = transforms("users.internal", "client", "fallback = \"safe\"");
+    h.users.set(Behaviour::Status(503));
+    let response = h.get_with_debug("/api/users/7?fields=name").await;
+    assert_eq!(response.body(), "monolith /api/users/7?fields=name");
+    assert_eq!(h.users.last().uri(), "/v2/users/7?fields=name", "the service got its rewrite first");
+    assert_eq!(h.users.last().headers()["host"], "users.internal");
+    let replay = h.monolith.last();
+    assert_eq!(replay.headers()["host"], "gateway.test", "the replay carries the client's Host, not the service's");
+    assert_eq!(replay.headers()["x-migrated-by"], "gateway");
+    assert!(!replay.headers().contains_key("x-debug"));
+    assert_eq!(h.fallbacks(0)[FallbackReason::Status5xx as usize], 1);
+}
+
+#[tokio::test]
+async fn a_request_that_never_left_is_replayed_as_matched() {
+    let h = transforms("upstream", "client", "fallback = \"safe\"");
+    h.users.set(Behaviour::Refuse);
+    // A POST is replayed only because it never left the gateway.
+    let response = h.send(Method::POST, "/api/users/7?x=1", b"{}").await;
+    assert_eq!(response.body(), "monolith /api/users/7?x=1");
+    assert_eq!(h.users.count(), 1, "the refused attempt was recorded");
+    assert_eq!(h.monolith.last().headers()["host"], "gateway.test");
+    assert_eq!(h.monolith.last().headers()["x-migrated-by"], "gateway");
+}
+
+#[tokio::test]
+async fn an_aggregate_part_through_a_route_gets_the_routes_rewrite() {
+    let h = transforms(
+        "upstream",
+        "client",
+        r#"
+[[aggregates]]
+name = "dashboard"
+path = "/api/dashboard"
+parts = [
+  { name = "profile", route = "users", path = "/api/users/me?full=1" },
+  { name = "news", upstream = "monolith", path = "/news" },
+]
+"#,
+    );
+    let response = h.get("/api/dashboard").await;
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY, "the in-memory upstreams answer text, not JSON");
+    let part = h.users.last();
+    assert_eq!(part.uri(), "/v2/users/me?full=1");
+    assert_eq!(part.headers()["host"], "users.test:3001");
+    assert_eq!(part.headers()["x-migrated-by"], "gateway");
+    let news = h.monolith.last();
+    assert_eq!(news.uri(), "/news", "an upstream part has no route transforms");
+    assert_eq!(news.headers()["host"], "monolith.test", "a request the gateway makes gets the url's host:port");
+    assert!(!news.headers().contains_key("x-migrated-by"));
+}
+
+#[tokio::test]
+async fn explain_and_the_data_plane_agree_on_each_sides_path() {
+    let h = transforms("upstream", "monolith.internal", "");
+    let route = &h.snapshot.routes[0];
+    let target = "/api/users/7?fields=name";
+    assert_eq!(super::upstream_target(&h.snapshot, route, Target::Service, target), "/v2/users/7?fields=name");
+    assert_eq!(super::upstream_target(&h.snapshot, route, Target::Monolith, target), target);
+    let response = h.get(target).await;
+    assert_eq!(response.body(), "users /v2/users/7?fields=name");
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use gateway_plugin_api::side::{SideError, SideFuture, Upstreams};
 use gateway_plugin_breaker::Admission;
 use gateway_plugin_metrics::names;
-use http::{Request, Response, header};
+use http::{Request, Response};
 use http_body_util::{BodyExt, Either, Full, Limited};
 
 use super::{ResponseBody, SendFailure, Upstream, UpstreamBody, UpstreamError};
@@ -29,9 +29,12 @@ pub(crate) enum CallFailure {
 /// Calls `upstream` through its circuit breaker, if it has one, and reports the outcome:
 /// a connect error, a timeout, a broken exchange or a failure status count as failures;
 /// a body over the limit is the client's doing and counts as neither.
+///
+/// The request gets the `Host` the upstream's `host_header` asks for here, so every caller
+/// (the data plane, a replay, an aggregate part, a side request) honours it.
 pub(crate) async fn call(
     upstream: &Upstream,
-    request: Request<UpstreamBody>,
+    mut request: Request<UpstreamBody>,
 ) -> Result<Response<ResponseBody>, CallFailure> {
     let permit = match &upstream.breaker {
         None => None,
@@ -44,6 +47,7 @@ pub(crate) async fn call(
             }
         }
     };
+    upstream.set_host(request.headers_mut());
     let result = upstream.send(request).await;
     if let Some(permit) = permit {
         let now = clock::now();
@@ -88,11 +92,7 @@ impl Upstreams for SideRequests<'_> {
             return Box::pin(async move { Err(SideError::UnknownUpstream(name)) });
         };
         Box::pin(async move {
-            let (mut parts, body) = request.into_parts();
-            if !parts.headers.contains_key(header::HOST) {
-                parts.headers.insert(header::HOST, upstream.host_header().clone());
-            }
-            let request = Request::from_parts(parts, Either::Right(Full::new(body)));
+            let request = request.map(|body| Either::Right(Full::new(body)));
             let response = match call(&upstream, request).await {
                 Ok(response) => response,
                 Err(CallFailure::Refused { .. }) => return Err(SideError::BreakerOpen),

@@ -20,7 +20,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_plugin_breaker::{Breaker, BreakerSettings};
-use http::{HeaderValue, Request, Response};
+use gateway_plugin_transform::HostHeader;
+use http::{HeaderMap, HeaderValue, Request, Response, header};
 use http_body_util::{Either, Full, Limited};
 use hyper::body::Incoming;
 
@@ -58,6 +59,8 @@ pub struct UpstreamSettings {
     pub breaker: Option<BreakerSettings>,
     /// Response statuses that count as failures (inclusive ranges).
     pub failure_statuses: Vec<(u16, u16)>,
+    /// The `Host` requests to this upstream carry.
+    pub host_header: HostHeader,
 }
 
 /// How an upstream's requests travel.
@@ -77,7 +80,7 @@ pub struct Upstream {
     pub settings: UpstreamSettings,
     /// The circuit breaker, when configured; kept across reloads while the url is the same.
     pub breaker: Option<Arc<Breaker>>,
-    /// `Host` for requests that arrive without one (HTTP/1.0, HTTP/2 without :authority).
+    /// The url's host:port, as a `Host` value.
     host: HeaderValue,
     transport: Transport,
 }
@@ -155,9 +158,28 @@ impl Upstream {
         self.settings.failure_statuses.iter().any(|(low, high)| (*low..=*high).contains(&status))
     }
 
-    /// The `Host` header to send when the client gave none.
-    pub fn host_header(&self) -> &HeaderValue {
+    /// The url's host:port: the `Host` of `host_header = "upstream"`, and of requests that
+    /// carry none (HTTP/1.0 clients, the gateway's own requests) in `client` mode.
+    pub fn authority(&self) -> &HeaderValue {
         &self.host
+    }
+
+    /// Sets the `Host` this upstream is to receive, as its `host_header` says.
+    pub fn set_host(&self, headers: &mut HeaderMap) {
+        match self.settings.host_header.replacement(&self.host) {
+            Some(host) => {
+                headers.insert(header::HOST, host.clone());
+            }
+            None if !headers.contains_key(header::HOST) => {
+                headers.insert(header::HOST, self.host.clone());
+            }
+            None => {}
+        }
+    }
+
+    /// True when this upstream replaces the `Host` it is given.
+    pub fn rewrites_host(&self) -> bool {
+        self.settings.host_header != HostHeader::Client
     }
 
     /// Sends the request (origin-form URI, `Host` set) and waits for the response head,

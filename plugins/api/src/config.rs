@@ -1,15 +1,16 @@
 //! How a policy owns its part of `routes.toml`.
 //!
-//! A policy crate defines the key it owns on `[[routes]]` (for example `rate_limit`), the
-//! serde type of that key's value, the checks on it and the compiled per-route state. The
-//! gateway knows none of those types: it finds the key in each route, hands the policy the
-//! spanned value as a [`Section`], and turns the problems the policy reports into
+//! A policy crate defines the keys it owns on `[[routes]]` (for example `rate_limit`, or
+//! `service_prefix` with `request_headers` and `response_headers`), the serde types of
+//! their values, the checks on them and the compiled per-route state. The gateway knows
+//! none of those types: it finds the keys in each route, hands the policy the spanned
+//! values as [`RouteSections`], and turns the problems the policy reports into
 //! `file:line:col: routes[N].key: message` diagnostics, exactly like its own.
 //!
 //! ```text
 //!  routes.toml ── gateway parses the document ──► routes[i].rate_limit (spanned value)
 //!                                                        │
-//!            RoutePolicy::compile_route(RouteInfo, Section, &mut ConfigErrors)
+//!      RoutePolicy::compile_route(RouteInfo, RouteSections, &mut ConfigErrors)
 //!                                                        │ Option<Compiled>
 //!            RoutePolicy::build(PerRoute<Compiled>, previous plugin) ──► the plugin
 //! ```
@@ -20,6 +21,7 @@ use std::any::Any;
 use std::ops::Range;
 use std::sync::Arc;
 
+use http::HeaderName;
 use serde::de::DeserializeOwned;
 use toml::Spanned;
 use toml::de::{DeValue, ValueDeserializer};
@@ -81,13 +83,53 @@ impl<'a> Section<'a> {
     }
 }
 
-/// What a policy is told about the route whose section it compiles.
+/// The values of the keys one policy owns on one route, as found in the file.
+pub struct RouteSections<'a> {
+    entries: Vec<(&'static str, Section<'a>)>,
+}
+
+impl<'a> RouteSections<'a> {
+    /// No sections yet.
+    pub fn new() -> Self {
+        RouteSections { entries: Vec::new() }
+    }
+
+    /// Adds the value of `key`.
+    pub fn with(mut self, key: &'static str, section: Section<'a>) -> Self {
+        self.entries.push((key, section));
+        self
+    }
+
+    /// Takes the value of `key`, if the route has it.
+    pub fn take(&mut self, key: &str) -> Option<Section<'a>> {
+        let at = self.entries.iter().position(|(k, _)| *k == key)?;
+        Some(self.entries.swap_remove(at).1)
+    }
+
+    /// True when no value is left to take.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+impl Default for RouteSections<'_> {
+    fn default() -> Self {
+        RouteSections::new()
+    }
+}
+
+/// What a policy is told about the route whose sections it compiles.
 #[derive(Clone, Debug)]
 pub struct RouteInfo<'a> {
     /// The route's index in the compiled table.
     pub id: RouteId,
     /// The route's name (metric label).
     pub name: &'a str,
+    /// The route's `prefix` as configured (a normalised path: `/api/users`, or `/`).
+    pub prefix: &'a str,
+    /// Headers the gateway fills from verified claims on every route
+    /// (`auth.claims_to_headers`): the gateway owns them, so no policy may edit them.
+    pub claim_headers: &'a [HeaderName],
     /// True when the route verifies tokens (`auth` is `required` or `optional`), so a
     /// verified [`crate::Identity`] may be on its requests.
     pub checks_tokens: bool,
@@ -141,19 +183,23 @@ impl<T> PerRoute<T> {
 /// A per-route policy: the factory the gateway registers once. Implement this in the
 /// policy's crate; the plugin it builds does the per-request work.
 pub trait RoutePolicy: Send + Sync + 'static {
-    /// The key on `[[routes]]` this policy owns, e.g. `rate_limit`.
-    const ROUTE_KEY: &'static str;
+    /// A short stable name: which plugin of the previous config is this policy's.
+    const NAME: &'static str;
+    /// The keys on `[[routes]]` this policy owns, e.g. `["rate_limit"]`; no two policies
+    /// may own the same key.
+    const ROUTE_KEYS: &'static [&'static str];
     /// What one route's section compiles to.
     type Compiled: Send + Sync + 'static;
     /// The plugin built for a whole config.
     type Plugin: Plugin;
 
-    /// Checks one route's section and compiles it. Report every problem to `errors` and
-    /// return `None` if there were any; never panic on input.
+    /// Checks one route's sections (the values of the policy's keys that the route has; at
+    /// least one) and compiles them. Report every problem to `errors` and return `None` if
+    /// there were any; never panic on input.
     fn compile_route(
         &self,
         route: &RouteInfo<'_>,
-        section: Section<'_>,
+        sections: RouteSections<'_>,
         errors: &mut ConfigErrors,
     ) -> Option<Self::Compiled>;
 
@@ -169,8 +215,8 @@ pub trait RoutePolicy: Send + Sync + 'static {
 /// next reload's `previous`).
 #[derive(Clone)]
 pub struct BuiltPlugin {
-    /// The route key of the policy that built it.
-    pub key: &'static str,
+    /// The name of the policy that built it.
+    pub name: &'static str,
     /// For the pipeline's phase lists.
     pub plugin: Arc<dyn Plugin>,
     /// The same plugin as its concrete type.
@@ -179,7 +225,7 @@ pub struct BuiltPlugin {
 
 impl std::fmt::Debug for BuiltPlugin {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BuiltPlugin").field("key", &self.key).field("plugin", &self.plugin.name()).finish()
+        f.debug_struct("BuiltPlugin").field("name", &self.name).field("plugin", &self.plugin.name()).finish()
     }
 }
 
@@ -190,11 +236,12 @@ pub struct CompiledSections {
 
 /// [`RoutePolicy`] without its associated types, so the gateway can hold a list of them.
 trait ErasedPolicy: Send + Sync {
-    fn key(&self) -> &'static str;
+    fn name(&self) -> &'static str;
+    fn keys(&self) -> &'static [&'static str];
     fn compile_route(
         &self,
         route: &RouteInfo<'_>,
-        section: Section<'_>,
+        sections: RouteSections<'_>,
         errors: &mut ConfigErrors,
     ) -> Option<Box<dyn Any + Send + Sync>>;
     fn build(&self, sections: CompiledSections, previous: Option<&BuiltPlugin>) -> Option<BuiltPlugin>;
@@ -203,17 +250,21 @@ trait ErasedPolicy: Send + Sync {
 struct Erased<P>(P);
 
 impl<P: RoutePolicy> ErasedPolicy for Erased<P> {
-    fn key(&self) -> &'static str {
-        P::ROUTE_KEY
+    fn name(&self) -> &'static str {
+        P::NAME
+    }
+
+    fn keys(&self) -> &'static [&'static str] {
+        P::ROUTE_KEYS
     }
 
     fn compile_route(
         &self,
         route: &RouteInfo<'_>,
-        section: Section<'_>,
+        sections: RouteSections<'_>,
         errors: &mut ConfigErrors,
     ) -> Option<Box<dyn Any + Send + Sync>> {
-        let compiled = self.0.compile_route(route, section, errors)?;
+        let compiled = self.0.compile_route(route, sections, errors)?;
         Some(Box::new(compiled))
     }
 
@@ -230,7 +281,7 @@ impl<P: RoutePolicy> ErasedPolicy for Erased<P> {
         };
         let previous = previous.and_then(|built| built.concrete.downcast_ref::<P::Plugin>());
         let plugin = Arc::new(self.0.build(routes, previous)?);
-        Some(BuiltPlugin { key: P::ROUTE_KEY, plugin: plugin.clone(), concrete: plugin })
+        Some(BuiltPlugin { name: P::NAME, plugin: plugin.clone(), concrete: plugin })
     }
 }
 
@@ -242,7 +293,7 @@ pub struct Registry {
 
 impl std::fmt::Debug for Registry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list().entries(self.keys()).finish()
+        f.debug_list().entries(self.policies.iter().map(|p| p.name())).finish()
     }
 }
 
@@ -253,14 +304,23 @@ impl Registry {
     }
 
     /// Adds a policy; its phases run after those of the policies added before it.
+    ///
+    /// # Panics
+    /// If a key of `policy` is already owned by a policy added before: two policies
+    /// cannot both check one key (a programming error, found by any test that builds
+    /// the registry).
     pub fn with<P: RoutePolicy>(mut self, policy: P) -> Self {
+        for key in P::ROUTE_KEYS {
+            assert!(self.keys().all(|(_, owned)| owned != *key), "route key {key} is registered twice");
+        }
         self.policies.push(Box::new(Erased(policy)));
         self
     }
 
-    /// The route keys the registered policies own, in registration order.
-    pub fn keys(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.policies.iter().map(|p| p.key())
+    /// Every route key the registered policies own, with the index of its policy, in
+    /// registration order.
+    pub fn keys(&self) -> impl Iterator<Item = (usize, &'static str)> + '_ {
+        self.policies.iter().enumerate().flat_map(|(index, p)| p.keys().iter().map(move |key| (index, *key)))
     }
 
     /// Starts compiling one config: one table of sections per policy.
@@ -268,18 +328,21 @@ impl Registry {
         self.policies.iter().map(|_| CompiledSections { entries: PerRoute::new(routes) }).collect()
     }
 
-    /// Compiles route `route`'s section of the policy at `index` (its position in
-    /// [`Registry::keys`]) into `tables`.
+    /// Compiles route `route`'s sections of the policy at `index` (as [`Registry::keys`]
+    /// numbers them) into `tables`.
     pub fn compile_route(
         &self,
         tables: &mut [CompiledSections],
         index: usize,
         route: &RouteInfo<'_>,
-        section: Section<'_>,
+        sections: RouteSections<'_>,
         errors: &mut ConfigErrors,
     ) {
         let (Some(policy), Some(table)) = (self.policies.get(index), tables.get_mut(index)) else { return };
-        if let Some(compiled) = policy.compile_route(route, section, errors) {
+        if sections.is_empty() {
+            return;
+        }
+        if let Some(compiled) = policy.compile_route(route, sections, errors) {
             table.entries.set(route.id, compiled);
         }
     }
@@ -290,7 +353,7 @@ impl Registry {
             .iter()
             .zip(tables)
             .filter_map(|(policy, sections)| {
-                let before = previous.iter().find(|built| built.key == policy.key());
+                let before = previous.iter().find(|built| built.name == policy.name());
                 policy.build(sections, before)
             })
             .collect()
@@ -331,17 +394,27 @@ mod tests {
     }
 
     impl RoutePolicy for Counting {
-        const ROUTE_KEY: &'static str = "limit";
+        const NAME: &'static str = "counting";
+        const ROUTE_KEYS: &'static [&'static str] = &["limit", "extra"];
         type Compiled = i64;
         type Plugin = CountingPlugin;
 
-        fn compile_route(&self, route: &RouteInfo<'_>, section: Section<'_>, errors: &mut ConfigErrors) -> Option<i64> {
-            let file: FileLimit = section.parse(errors)?;
+        fn compile_route(
+            &self,
+            route: &RouteInfo<'_>,
+            mut sections: RouteSections<'_>,
+            errors: &mut ConfigErrors,
+        ) -> Option<i64> {
+            let extra: i64 = match sections.take("extra") {
+                Some(section) => section.parse(errors)?,
+                None => 0,
+            };
+            let file: FileLimit = sections.take("limit")?.parse(errors)?;
             if *file.n.get_ref() <= 0 {
                 errors.error(file.n.span(), format!("{}: n must be positive", route.name));
                 return None;
             }
-            Some(*file.n.get_ref())
+            Some(*file.n.get_ref() + extra)
         }
 
         fn build(&self, routes: PerRoute<i64>, previous: Option<&CountingPlugin>) -> Option<CountingPlugin> {
@@ -353,11 +426,22 @@ mod tests {
     }
 
     fn info(id: usize) -> RouteInfo<'static> {
-        RouteInfo { id: RouteId(id), name: "r", checks_tokens: false, name_span: 0..1 }
+        RouteInfo {
+            id: RouteId(id),
+            name: "r",
+            prefix: "/r",
+            claim_headers: &[],
+            checks_tokens: false,
+            name_span: 0..1,
+        }
     }
 
     fn value(text: &str) -> Section<'_> {
         Section::new(DeValue::parse(text).expect("TOML"))
+    }
+
+    fn limit(text: &str) -> RouteSections<'_> {
+        RouteSections::new().with("limit", value(text))
     }
 
     fn concrete(built: &BuiltPlugin) -> &CountingPlugin {
@@ -367,29 +451,35 @@ mod tests {
     #[test]
     fn the_registry_compiles_sections_and_builds_plugins() {
         let registry = Registry::new().with(Counting);
-        assert_eq!(registry.keys().collect::<Vec<_>>(), ["limit"]);
-        assert_eq!(format!("{registry:?}"), r#"["limit"]"#);
+        assert_eq!(registry.keys().collect::<Vec<_>>(), [(0, "limit"), (0, "extra")]);
+        assert_eq!(format!("{registry:?}"), r#"["counting"]"#);
         let mut tables = registry.start(3);
         assert_eq!(tables.len(), 1);
         let mut errors = ConfigErrors::default();
-        registry.compile_route(&mut tables, 0, &info(0), value("{ n = 5 }"), &mut errors);
-        registry.compile_route(&mut tables, 0, &info(2), value("{ n = 7 }"), &mut errors);
-        registry.compile_route(&mut tables, 1, &info(1), value("{ n = 9 }"), &mut errors);
+        registry.compile_route(&mut tables, 0, &info(0), limit("{ n = 5 }"), &mut errors);
+        let both = limit("{ n = 7 }").with("extra", value("3"));
+        registry.compile_route(&mut tables, 0, &info(2), both, &mut errors);
+        registry.compile_route(&mut tables, 1, &info(1), limit("{ n = 9 }"), &mut errors);
+        registry.compile_route(&mut tables, 0, &info(1), RouteSections::default(), &mut errors);
         assert!(errors.is_empty());
         let built = registry.build(tables, &[]);
         assert_eq!(built.len(), 1);
-        assert_eq!(built[0].key, "limit");
+        assert_eq!(built[0].name, "counting");
         assert_eq!(built[0].plugin.name(), "counting");
-        assert_eq!(format!("{:?}", built[0]), r#"BuiltPlugin { key: "limit", plugin: "counting" }"#);
+        assert_eq!(format!("{:?}", built[0]), r#"BuiltPlugin { name: "counting", plugin: "counting" }"#);
         let plugin = concrete(&built[0]);
         assert_eq!(plugin.generation, 1);
         assert_eq!(plugin.routes.get(RouteId(0)), Some(&5));
-        assert_eq!(plugin.routes.get(RouteId(1)), None, "a section for a policy index that does not exist is ignored");
-        assert_eq!(plugin.routes.get(RouteId(2)), Some(&7));
+        assert_eq!(
+            plugin.routes.get(RouteId(1)),
+            None,
+            "sections for a policy index that does not exist, and no sections, are ignored"
+        );
+        assert_eq!(plugin.routes.get(RouteId(2)), Some(&10), "both keys reach the policy");
 
         // The next build sees this one as `previous`.
         let mut tables = registry.start(3);
-        registry.compile_route(&mut tables, 0, &info(0), value("{ n = 1 }"), &mut errors);
+        registry.compile_route(&mut tables, 0, &info(0), limit("{ n = 1 }"), &mut errors);
         let next = registry.build(tables, &built);
         assert_eq!(concrete(&next[0]).generation, 2);
     }
@@ -406,7 +496,7 @@ mod tests {
         let mut tables = registry.start(1);
         let mut errors = ConfigErrors::default();
         let text = "{ n = -3 }";
-        registry.compile_route(&mut tables, 0, &info(0), value(text), &mut errors);
+        registry.compile_route(&mut tables, 0, &info(0), limit(text), &mut errors);
         assert!(!errors.is_empty());
         let problems = errors.into_problems();
         assert_eq!(problems.len(), 1);
@@ -424,6 +514,21 @@ mod tests {
         assert_eq!(section.span(), 0..9);
         let mut errors = ConfigErrors::default();
         assert_eq!(section.parse::<FileLimit>(&mut errors).map(|f| *f.n.get_ref()), Some(1));
+    }
+
+    #[test]
+    #[should_panic(expected = "route key limit is registered twice")]
+    fn two_policies_cannot_own_one_key() {
+        let _ = Registry::new().with(Counting).with(Counting);
+    }
+
+    #[test]
+    fn sections_are_taken_once() {
+        let mut sections = limit("{ n = 1 }");
+        assert!(sections.take("extra").is_none());
+        assert!(sections.take("limit").is_some());
+        assert!(sections.take("limit").is_none());
+        assert!(sections.is_empty());
     }
 
     #[test]

@@ -10,8 +10,11 @@
 //! there is set by exactly one phase (the one that owns it) and read by the phases after it.
 //!
 //! ```text
-//!  normalise -> route -> authenticate* -> on_request* -> select_target -> admit
+//!  normalise -> route -> authenticate* -> on_request* -> select_target
 //!     -> upstream_request* -> forward | aggregate -> on_response* -> on_complete* (always)
+//!                               │
+//!            upstream_exchange* before every request sent upstream (the forward, a
+//!            fallback replay on the monolith, each aggregate part fetched for a route)
 //! ```
 //! (`*`: plugin hooks; the others are the gateway's own fixed steps.)
 //!
@@ -27,6 +30,7 @@
 
 pub mod codes;
 pub mod config;
+pub mod headers;
 mod reasons;
 pub mod side;
 
@@ -234,6 +238,17 @@ pub fn cookie<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
         .map(|(_, value)| value.trim())
 }
 
+/// One request the gateway is about to send upstream for a client request, as
+/// [`Plugin::upstream_exchange`] sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Exchange {
+    /// The route whose request this is: the matched route, or for an aggregate part
+    /// fetched through a route, that route.
+    pub route: RouteId,
+    /// The side it goes to: [`Target::Monolith`] or [`Target::Service`].
+    pub side: Target,
+}
+
 /// How a request ended, as seen by `on_complete`.
 #[derive(Clone, Copy, Debug)]
 pub struct Outcome {
@@ -254,6 +269,8 @@ pub struct Phases {
     pub on_request: bool,
     /// Runs [`Plugin::upstream_request`].
     pub upstream_request: bool,
+    /// Runs [`Plugin::upstream_exchange`].
+    pub upstream_exchange: bool,
     /// Runs [`Plugin::on_response`].
     pub on_response: bool,
     /// Runs [`Plugin::on_complete`].
@@ -296,6 +313,17 @@ pub trait Plugin: Send + Sync + 'static {
     ) -> Flow {
         Flow::Continue
     }
+
+    /// Runs before every request sent upstream for this client request: the forward, a
+    /// fallback replay on the monolith, each aggregate part fetched through a route. It
+    /// may rewrite what differs between the sides (the path and query) and edit headers.
+    ///
+    /// The gateway gives every exchange the URI and `Host` as matched (a replay does not
+    /// inherit the service's rewrite); other headers carry over from the exchange before,
+    /// so header edits must not depend on the side (set and remove are fine: doing them
+    /// twice changes nothing). `Host` is the upstream's to set (`host_header`). The
+    /// default does nothing.
+    fn upstream_exchange(&self, _ctx: &RequestCtx, _exchange: &Exchange, _request: &mut http::request::Parts) {}
 
     /// Runs when the response head is ready (from the upstream or the gateway itself),
     /// before it is sent. The default does nothing.

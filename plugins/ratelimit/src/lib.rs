@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use gateway_plugin_api::config::{ConfigErrors, PerRoute, RouteInfo, RoutePolicy, Section};
+use gateway_plugin_api::config::{ConfigErrors, PerRoute, RouteInfo, RoutePolicy, RouteSections};
 use gateway_plugin_api::{Flow, Phases, Plugin, Rejection, RequestCtx, codes};
 use http::header::{HeaderName, HeaderValue, RETRY_AFTER};
 use http::{StatusCode, request::Parts};
@@ -35,6 +35,9 @@ use toml::Spanned;
 
 use bucket::Rate;
 use table::KeyTable;
+
+/// The key this policy owns on `[[routes]]`.
+pub const ROUTE_KEY: &str = "rate_limit";
 
 /// Counter: requests refused by a route's rate limit, by `route`.
 pub const RATE_LIMITED_TOTAL: &str = "gateway_rate_limited_total";
@@ -97,17 +100,18 @@ pub struct RouteLimit {
 pub struct RateLimitPolicy;
 
 impl RoutePolicy for RateLimitPolicy {
-    const ROUTE_KEY: &'static str = "rate_limit";
+    const NAME: &'static str = "rate_limit";
+    const ROUTE_KEYS: &'static [&'static str] = &[ROUTE_KEY];
     type Compiled = RouteLimit;
     type Plugin = RateLimiter;
 
     fn compile_route(
         &self,
         route: &RouteInfo<'_>,
-        section: Section<'_>,
+        mut sections: RouteSections<'_>,
         errors: &mut ConfigErrors,
     ) -> Option<RouteLimit> {
-        let file: FileRateLimit = section.parse(errors)?;
+        let file: FileRateLimit = sections.take(ROUTE_KEY)?.parse(errors)?;
         let mut ok = true;
         let rps = *file.requests_per_second.get_ref();
         if !(rps.is_finite() && rps > 0.0 && rps <= MAX_RATE) {

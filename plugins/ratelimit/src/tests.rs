@@ -10,14 +10,18 @@ use super::*;
 const T0: Duration = Duration::from_secs(1000);
 
 fn info(checks_tokens: bool) -> RouteInfo<'static> {
-    RouteInfo { id: RouteId(0), name: "search", checks_tokens, name_span: 0..0 }
+    RouteInfo { id: RouteId(0), name: "search", prefix: "/search", claim_headers: &[], checks_tokens, name_span: 0..0 }
 }
 
 /// Compiles one `rate_limit` value; the problems come with the text each span covers.
 fn compile(text: &str, checks_tokens: bool) -> Result<RouteLimit, Vec<(String, String)>> {
     let value = DeValue::parse(text).expect("test values are TOML");
     let mut errors = ConfigErrors::default();
-    let compiled = RateLimitPolicy.compile_route(&info(checks_tokens), Section::new(value), &mut errors);
+    let compiled = RateLimitPolicy.compile_route(
+        &info(checks_tokens),
+        RouteSections::new().with(ROUTE_KEY, gateway_plugin_api::config::Section::new(value)),
+        &mut errors,
+    );
     let problems: Vec<(String, String)> =
         errors.into_problems().into_iter().map(|(span, message)| (text[span].to_owned(), message)).collect();
     match compiled {

@@ -14,3 +14,4 @@ mod ratelimit;
 mod reload;
 mod rollout;
 mod routing;
+mod transforms;

@@ -20,12 +20,13 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use gateway_plugin_aggregate::{Aggregate, Part, PartSource};
-use gateway_plugin_api::config::{CompiledSections, ConfigErrors, Registry, RouteInfo, Section};
+use gateway_plugin_api::config::{CompiledSections, ConfigErrors, Registry, RouteInfo, RouteSections, Section};
 use gateway_plugin_api::{DEFAULT_ROUTE_LABEL, Plugin, RouteId, Target};
 use gateway_plugin_auth::{AuthMode, AuthPlugin, Authenticator, KeySet, SystemClock, Verifier};
 use gateway_plugin_breaker::{Breaker, BreakerSettings, ErrorRate};
 use gateway_plugin_metrics::{RequestMetrics, RouteLabels};
 use gateway_plugin_rollout::{BasisPoints, ClaimTest, RoutePolicy, Segment, SegmentMatch, Sticky};
+use gateway_plugin_transform::HostHeader;
 use http::HeaderName;
 use http::Uri;
 use http::uri::Authority;
@@ -109,8 +110,8 @@ fn compile_with(path: &Path, text: &str, version: u64, previous: Option<&Snapsho
     Ok(build(checked, meta, previous, &registry))
 }
 
-/// One route's value of one registered policy key: (route index, policy index, value).
-type PolicySection<'a> = (usize, usize, Spanned<DeValue<'a>>);
+/// One route's value of one registered policy key: (route index, policy index, key, value).
+type PolicySection<'a> = (usize, usize, &'static str, Spanned<DeValue<'a>>);
 
 /// Removes every registered policy key from every `[[routes]]` entry of the document.
 fn take_policy_sections<'a>(document: &mut DeTable<'a>, registry: &Registry) -> Vec<PolicySection<'a>> {
@@ -120,9 +121,9 @@ fn take_policy_sections<'a>(document: &mut DeTable<'a>, registry: &Registry) -> 
     let DeValue::Array(routes) = routes.get_mut() else { return sections };
     for (route_index, route) in routes.iter_mut().enumerate() {
         let DeValue::Table(table) = route.get_mut() else { continue };
-        for (policy_index, key) in registry.keys().enumerate() {
+        for (policy_index, key) in registry.keys() {
             if let Some(value) = table.remove(&Spanned::new(0..0, DeString::Borrowed(key))) {
-                sections.push((route_index, policy_index, value));
+                sections.push((route_index, policy_index, key, value));
             }
         }
     }
@@ -231,8 +232,19 @@ impl Checker<'_> {
                 self.check_aggregate(aggregate, &mut route_names, &names, &route_names_in_file, &mut aggregate_paths);
             aggregates.extend(checked.map(|a| (a, mode)));
         }
-        let policy_tables =
-            self.check_policy_sections(file, &route_modes, sections, 1 + file.routes.len() + aggregates.len());
+        let claim_headers: Vec<HeaderName> = file
+            .auth
+            .iter()
+            .flat_map(|auth| auth.get_ref().claims_to_headers.iter().flatten())
+            .filter_map(|(_, header)| HeaderName::from_bytes(header.get_ref().as_bytes()).ok())
+            .collect();
+        let policy_tables = self.check_policy_sections(
+            file,
+            &route_modes,
+            &claim_headers,
+            sections,
+            1 + file.routes.len() + aggregates.len(),
+        );
         Some(Checked {
             policy_tables,
             aggregates,
@@ -250,12 +262,24 @@ impl Checker<'_> {
         &mut self,
         file: &FileConfig,
         modes: &[AuthMode],
+        claim_headers: &[HeaderName],
         sections: Vec<PolicySection<'_>>,
         route_count: usize,
     ) -> Vec<CompiledSections> {
         let registry = self.registry;
         let mut tables = registry.start(route_count);
-        for (route_index, policy_index, value) in sections {
+        // Sections arrive grouped by route, each route's in registry order: one call per
+        // (route, policy) with all of that policy's keys.
+        let mut grouped: Vec<(usize, usize, RouteSections<'_>)> = Vec::new();
+        for (route_index, policy_index, key, value) in sections {
+            match grouped.last_mut() {
+                Some((r, p, group)) if *r == route_index && *p == policy_index => {
+                    *group = std::mem::take(group).with(key, Section::new(value));
+                }
+                _ => grouped.push((route_index, policy_index, RouteSections::new().with(key, Section::new(value)))),
+            }
+        }
+        for (route_index, policy_index, route_sections) in grouped {
             let Some(route) = file.routes.get(route_index) else { continue };
             // From the route's auth mode itself, so a route with another problem does not
             // also get a misleading one about claims.
@@ -263,11 +287,13 @@ impl Checker<'_> {
             let info = RouteInfo {
                 id: RouteId(route_index),
                 name: route.name.get_ref(),
+                prefix: route.prefix.get_ref(),
+                claim_headers,
                 checks_tokens,
                 name_span: span(&route.name),
             };
             let mut errors = ConfigErrors::default();
-            registry.compile_route(&mut tables, policy_index, &info, Section::new(value), &mut errors);
+            registry.compile_route(&mut tables, policy_index, &info, route_sections, &mut errors);
             for (at, message) in errors.into_problems() {
                 self.error(at, message);
             }

@@ -443,3 +443,45 @@ fn policy_sections_are_checked_by_their_crates() {
     assert!(without.policies.is_empty(), "no route has a limit: no plugin at all");
     assert!(without.plugins.on_request.is_empty());
 }
+
+/// Route transforms: several keys of one policy reach it together; the claim headers of
+/// `[auth]` are owned like the gateway's own; `host_header` is checked on its upstream.
+#[test]
+fn transform_sections_and_host_headers_name_line_column_and_key() {
+    let auth = format!(
+        "algorithms = [\"RS256\"]\njwks_file = \"{FIXTURE_KEYS}/jwks.json\"\nclaims_to_headers = {{ sub = \"x-user-id\" }}"
+    );
+    let transforms = "service_prefix = \"/v2/users\"\nrequest_headers = { set = { \"x-user-id\" = \"a\" } }\n\
+                      response_headers = { remove = [\"x-request-id\"] }";
+    let got = errors(&with_auth(&auth, transforms));
+    assert_eq!(got.len(), 2, "{got:#?}");
+    assert!(
+        got[0]
+            .contains("18:29: routes[0].request_headers.set.x-user-id: cannot set \"x-user-id\": the gateway fills it"),
+        "{got:#?}"
+    );
+    assert!(got[1].contains("routes[0].response_headers.remove[0]: cannot remove \"x-request-id\""), "{got:#?}");
+
+    let good = "service_prefix = \"/v2/users\"\nrequest_headers = { set = { \"x-migrated-by\" = \"gateway\" } }";
+    let snapshot = compile(Path::new("routes.toml"), &with_auth(&auth, good), 1).expect("valid");
+    assert_eq!(snapshot.policies.iter().map(|p| p.name).collect::<Vec<_>>(), ["transform"]);
+    assert_eq!(snapshot.plugins.upstream_exchange.len(), 1);
+    assert!(snapshot.plugins.on_response.is_empty(), "no response edits: not in that phase");
+
+    let host = |value: &str| BASE.replace("timeout_ms = 2000", &format!("host_header = {value}"));
+    assert_each_error(&[
+        (host("\"\""), "11:15: upstreams.users.host_header: \"\" is not client, upstream or a host[:port]"),
+        (host("\"http://users\""), "upstreams.users.host_header: \"http://users\" is not client, upstream"),
+        (host("true"), "11:15: upstreams.users.host_header: invalid type: boolean `true`, expected a string"),
+    ]);
+    for (value, expected) in [
+        ("\"client\"", HostHeader::Client),
+        ("\"upstream\"", HostHeader::Upstream),
+        ("\"users.internal:8080\"", HostHeader::Literal(http::HeaderValue::from_static("users.internal:8080"))),
+    ] {
+        let snapshot = compile(Path::new("routes.toml"), &host(value), 1).expect("valid");
+        assert_eq!(snapshot.upstreams["users"].settings.host_header, expected, "{value}");
+    }
+    let snapshot = compile(Path::new("routes.toml"), BASE, 1).expect("valid");
+    assert_eq!(snapshot.upstreams["users"].settings.host_header, HostHeader::Client, "the default");
+}

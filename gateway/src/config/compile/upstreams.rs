@@ -1,4 +1,5 @@
-//! `[upstreams.<name>]`: urls, timeouts, pools, breakers and failure statuses.
+//! `[upstreams.<name>]`: urls, timeouts, pools, breakers, failure statuses and the `Host`
+//! each expects (its vocabulary is the transform policy's, `HostHeader`).
 
 use super::*;
 
@@ -23,7 +24,17 @@ impl Checker<'_> {
                 Some(breaker) => self.check_breaker(breaker.get_ref()),
                 None => (None, vec![(500, 599)]),
             };
-            if let Some(authority) = authority {
+            let host_header = match &upstream.host_header {
+                None => Some(HostHeader::Client),
+                Some(text) => match text.get_ref().parse::<HostHeader>() {
+                    Ok(mode) => Some(mode),
+                    Err(problem) => {
+                        self.error(span(text), problem);
+                        None
+                    }
+                },
+            };
+            if let (Some(authority), Some(host_header)) = (authority, host_header) {
                 let settings = UpstreamSettings {
                     name: name.get_ref().clone(),
                     url: upstream.url.get_ref().clone(),
@@ -33,6 +44,7 @@ impl Checker<'_> {
                     pool_max_idle: pool_max_idle as usize,
                     breaker,
                     failure_statuses,
+                    host_header,
                 };
                 out.push((settings, authority));
             }
