@@ -28,7 +28,8 @@ printed; bench/perf.data stays behind for `perf report`.
 
 With --baseline, another gateway binary (for example one built from the previous commit)
 serves the plain row's config too, as "gateway (baseline)", measured in the same
-interleaved rounds: the A/B run that decides whether a hot-path change is kept.
+interleaved rounds (the two swap places every other round) and followed by the median of
+the per-round CPU differences: the A/B run that decides whether a hot-path change is kept.
 """
 
 import argparse
@@ -290,7 +291,13 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
             run_wrk(port, 2, args.connections, headers)
         results = {name: [] for name, _, _, _ in targets}
         for round_no in range(1, args.rounds + 1):
-            for name, port, pid, headers in targets:
+            ordered = list(targets)
+            if args.baseline and round_no % 2 == 0:
+                # A and B swap places every other round, so going second is not one side's lot.
+                a = next(i for i, t in enumerate(ordered) if t[0] == "gateway")
+                b = next(i for i, t in enumerate(ordered) if t[0] == "gateway (baseline)")
+                ordered[a], ordered[b] = ordered[b], ordered[a]
+            for name, port, pid, headers in ordered:
                 before = cpu_ticks(pid) if pid else 0
                 profiler = None
                 if args.perf and name == "gateway" and round_no == args.rounds:
@@ -321,6 +328,10 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
             print(f"| {name} | {med:,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
                   f"{statistics.median(r['p50'] for r in rs):.3f} | {statistics.median(r['p99'] for r in rs):.3f} | "
                   f"{cpu} | {med / nginx_rps:.2f}x |")
+        if args.baseline:
+            deltas = [a["cpu_us"] - b["cpu_us"] for a, b in zip(results["gateway"], results["gateway (baseline)"])]
+            print(f"\nA/B, proxy CPU per request, gateway minus baseline, per round: "
+                  f"{' '.join(f'{d:+.1f}' for d in deltas)} us; median {statistics.median(deltas):+.1f} us")
         # The aggregate at low concurrency: its latency against one part's.
         print(f"\nAggregate of 3 parts, wrk -t1 -c{AGGREGATE_CONNECTIONS} -d{args.duration}s, {args.rounds} interleaved rounds:\n")
         agg = {"one part, direct": [], "aggregate of 3 parts (gateway)": []}

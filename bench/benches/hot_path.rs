@@ -147,5 +147,52 @@ fn rate_limit(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, normalisation, routing, header_hygiene, jwt, reload_10000_routes, rate_limit);
+/// One service-side exchange of a route with a service prefix and two header edits, and
+/// the same plugin on a route without transforms (the cost another route's transforms put
+/// on it: one table lookup).
+fn transforms(c: &mut Criterion) {
+    use gateway_plugin_api::config::{ConfigErrors, PerRoute, RouteInfo, RoutePolicy, RouteSections, Section};
+    use gateway_plugin_api::{Exchange, Plugin, RequestCtx, Target};
+    use gateway_plugin_transform::TransformPolicy;
+    let text = r#"{ set = { "x-migrated-by" = "gateway" }, remove = ["x-debug"] }"#;
+    let sections = RouteSections::new()
+        .with("service_prefix", Section::new(toml::de::DeValue::parse("\"/v2/users\"").expect("TOML")))
+        .with("request_headers", Section::new(toml::de::DeValue::parse(text).expect("TOML")));
+    let info = RouteInfo {
+        id: RouteId(0),
+        name: "users",
+        prefix: "/api/users",
+        claim_headers: &[],
+        checks_tokens: false,
+        name_span: 0..0,
+    };
+    let compiled = TransformPolicy.compile_route(&info, sections, &mut ConfigErrors::default()).expect("valid");
+    let mut routes = PerRoute::new(2);
+    routes.set(RouteId(0), compiled);
+    let plugin = TransformPolicy.build(routes, None).expect("a route uses it");
+    let ctx = RequestCtx::new(HeaderValue::from_static("bench"), std::time::Duration::ZERO);
+    let request = http::Request::builder()
+        .uri("/api/users/42/orders?page=2")
+        .header("host", "api.example.com")
+        .header("x-debug", "1")
+        .header("accept", "application/json")
+        .body(())
+        .expect("valid")
+        .into_parts()
+        .0;
+    let mut group = c.benchmark_group("transform_exchange");
+    for (name, route) in [("prefix_and_two_edits", RouteId(0)), ("route_without_transforms", RouteId(1))] {
+        let exchange = Exchange { route, side: Target::Service };
+        group.bench_function(name, |b| {
+            b.iter_batched_ref(
+                || request.clone(),
+                |parts| plugin.upstream_exchange(&ctx, black_box(&exchange), parts),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, normalisation, routing, header_hygiene, jwt, reload_10000_routes, rate_limit, transforms);
 criterion_main!(benches);

@@ -222,11 +222,13 @@ fn prepare_upstream_request(
 ) {
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::set_forwarding(&mut parts.headers, &peer.header);
-    if !parts.headers.contains_key(header::HOST) {
-        // HTTP/2 clients send :authority instead of Host; HTTP/1.1 upstreams need a Host.
-        if let Some(host) = parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
-            parts.headers.insert(header::HOST, host);
-        }
+    // HTTP/2 clients send :authority instead of Host; HTTP/1.1 upstreams need a Host. An
+    // origin-form HTTP/1.1 request has no authority, so the usual request looks up nothing.
+    if let Some(authority) = parts.uri.authority()
+        && !parts.headers.contains_key(header::HOST)
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        parts.headers.insert(header::HOST, host);
     }
     parts.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
     parts.uri = Uri::from(path_and_query);

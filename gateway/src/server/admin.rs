@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use bytes::Bytes;
-use gateway_plugin_api::{Rejection, codes};
+use gateway_plugin_api::{Rejection, Target, codes};
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Full;
@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use crate::proxy::headers::request_id;
 use crate::proxy::reply::render;
+use crate::proxy::upstream_target;
 use crate::server::state::{Gateway, stopped};
 
 /// Serves the admin endpoints until shutdown.
@@ -95,6 +96,8 @@ fn config_document(gateway: &Gateway) -> serde_json::Value {
                 "prefix": r.prefix,
                 "service": r.service.as_ref().map(|s| &*s.name),
                 "monolith": &*r.monolith.name,
+                // What the service receives for the prefix itself (service_prefix applied).
+                "service_path": r.prefix.as_deref().map(|p| upstream_target(&snapshot, r, Target::Service, p)),
             })
         })
         .collect();
@@ -110,6 +113,7 @@ fn config_document(gateway: &Gateway) -> serde_json::Value {
                     "timeout_ms": s.timeout.as_millis() as u64,
                     "connect_timeout_ms": s.connect_timeout.as_millis() as u64,
                     "breaker": u.breaker.as_ref().map(|b| b.state(crate::clock::now()).as_str()),
+                    "host_header": s.host_header.to_string(),
                 }),
             )
         })

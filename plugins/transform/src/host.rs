@@ -39,6 +39,17 @@ impl HostHeader {
     }
 }
 
+impl std::fmt::Display for HostHeader {
+    /// As written in the config.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostHeader::Client => f.write_str("client"),
+            HostHeader::Upstream => f.write_str("upstream"),
+            HostHeader::Literal(host) => f.write_str(host.to_str().unwrap_or_default()),
+        }
+    }
+}
+
 impl FromStr for HostHeader {
     type Err = String;
 
@@ -75,6 +86,9 @@ mod tests {
                 Ok(HostHeader::Literal(HeaderValue::from_static(literal))),
                 "{literal}"
             );
+        }
+        for text in ["client", "upstream", "users.internal:8080"] {
+            assert_eq!(text.parse::<HostHeader>().map(|mode| mode.to_string()).as_deref(), Ok(text), "round trip");
         }
     }
 

@@ -121,13 +121,6 @@ pub struct Transforms {
     phases: Phases,
 }
 
-impl Transforms {
-    /// Route `id`'s transforms, if it has any.
-    pub fn route(&self, id: gateway_plugin_api::RouteId) -> Option<&RouteTransform> {
-        self.routes.get(id)
-    }
-}
-
 impl Plugin for Transforms {
     fn name(&self) -> &'static str {
         "transform"

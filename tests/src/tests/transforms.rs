@@ -199,3 +199,14 @@ async fn explain_prints_the_path_each_side_receives() {
     assert!(unmatched.service_request.is_none());
     assert_eq!(unmatched.monolith_request.path, "/legacy");
 }
+
+#[tokio::test]
+async fn admin_config_shows_the_service_path_and_each_host_header() {
+    let w = world().await;
+    let config = get(&w.gateway.admin_url("/admin/config")).await.json();
+    assert_eq!(config["routes"][0]["service_path"], "/v2/users");
+    assert_eq!(config["routes"][1]["service_path"], "/");
+    assert_eq!(config["upstreams"]["users"]["host_header"], "upstream");
+    assert_eq!(config["upstreams"]["orders"]["host_header"], "client");
+    assert_eq!(config["upstreams"]["accounts"]["host_header"], "accounts.internal:8443");
+}
