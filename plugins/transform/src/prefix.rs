@@ -187,6 +187,7 @@ mod tests {
             ("/a%4", "two hex digits"),
             ("/a%zz", "two hex digits"),
             ("/a b", "URL path characters"),
+            ("/a%20 b", "URL path characters"),
             ("/a;b", "URL path characters"),
             ("/a\\b", "URL path characters"),
         ] {
