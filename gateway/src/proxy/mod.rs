@@ -85,6 +85,7 @@ pub(crate) async fn handle(
 ) -> Response<ResponseBody> {
     let request_id = headers::request_id(request.headers());
     let mut in_flight = InFlight {
+        grpc: reply::is_grpc(request.version(), request.headers()),
         method: request.method().clone(),
         ctx: RequestCtx::new(request_id, clock::now()),
         gateway_error: None,
@@ -275,7 +276,12 @@ fn respond(in_flight: &mut InFlight, result: Result<Response<ResponseBody>, Prox
         Err(error) => {
             let rejection = error.into_rejection();
             in_flight.gateway_error = Some(rejection.code);
-            reply::render(rejection, &in_flight.ctx.request_id).map(Either::Right)
+            let reply = if in_flight.grpc {
+                reply::render_grpc(rejection)
+            } else {
+                reply::render(rejection, &in_flight.ctx.request_id)
+            };
+            reply.map(Either::Right)
         }
     };
     response.headers_mut().insert(&X_REQUEST_ID, in_flight.ctx.request_id.clone());
@@ -309,6 +315,8 @@ struct InFlight {
     snapshot: Arc<Snapshot>,
     ctx: RequestCtx,
     method: Method,
+    /// A gRPC request: the gateway's own answers take gRPC's form.
+    grpc: bool,
     /// The `x-gateway-error` code when the gateway answered by itself.
     gateway_error: Option<&'static str>,
     completed: bool,

@@ -124,9 +124,104 @@ pub(crate) fn render(rejection: Rejection, request_id: &HeaderValue) -> Response
     response
 }
 
+/// True for a gRPC request: HTTP/2 with `content-type: application/grpc` (or `+proto`,
+/// `+json`, ...). Only HTTP/2 requests are looked at: gRPC needs it, so an HTTP/1.1
+/// request costs no header lookup.
+pub(crate) fn is_grpc(version: http::Version, headers: &http::HeaderMap) -> bool {
+    version == http::Version::HTTP_2
+        && headers.get(CONTENT_TYPE).is_some_and(|v| {
+            let v = v.as_bytes();
+            v.len() >= GRPC.len()
+                && v[..GRPC.len()].eq_ignore_ascii_case(GRPC.as_bytes())
+                && matches!(v.get(GRPC.len()), None | Some(b'+' | b';'))
+        })
+}
+
+const GRPC: &str = "application/grpc";
+
+/// The gRPC status for a gateway reply of HTTP status `status` (the SPEC's five, and the
+/// usual mapping for the rest).
+fn grpc_status(status: StatusCode) -> u8 {
+    match status.as_u16() {
+        400 => 3,             // INVALID_ARGUMENT
+        401 => 16,            // UNAUTHENTICATED
+        403 => 7,             // PERMISSION_DENIED
+        404 => 12,            // UNIMPLEMENTED
+        413 | 429 | 431 => 8, // RESOURCE_EXHAUSTED
+        499 => 1,             // CANCELLED
+        502 | 503 => 14,      // UNAVAILABLE
+        504 => 4,             // DEADLINE_EXCEEDED
+        500..=599 => 13,      // INTERNAL
+        _ => 2,               // UNKNOWN
+    }
+}
+
+/// `grpc-message` is percent-encoded UTF-8 (gRPC over HTTP/2, "Responses").
+fn grpc_message(message: &str) -> HeaderValue {
+    let mut encoded = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            encoded.push(char::from(byte));
+        } else {
+            encoded.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    HeaderValue::from_str(&encoded).expect("percent-encoded ASCII is a valid header value")
+}
+
+/// The same reply in gRPC's form, for a gRPC client: HTTP 200, a trailers-only response
+/// (`grpc-status`, `grpc-message`) and `x-gateway-error` as always.
+pub(crate) fn render_grpc(rejection: Rejection) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::new()));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(u16::from(grpc_status(rejection.status))));
+    headers.insert("grpc-message", grpc_message(&rejection.message));
+    headers.insert(&X_GATEWAY_ERROR, HeaderValue::from_static(rejection.code));
+    for (name, value) in rejection.headers {
+        headers.append(name, value);
+    }
+    response
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grpc_requests_are_http2_with_a_grpc_content_type() {
+        let headers = |ct: &'static str| {
+            let mut h = http::HeaderMap::new();
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(ct));
+            h
+        };
+        for ct in ["application/grpc", "application/grpc+proto", "Application/GRPC+json", "application/grpc;x=1"] {
+            assert!(is_grpc(http::Version::HTTP_2, &headers(ct)), "{ct}");
+        }
+        assert!(!is_grpc(http::Version::HTTP_11, &headers("application/grpc")), "gRPC needs HTTP/2");
+        for ct in ["application/grpc-web", "application/json", "application/grp"] {
+            assert!(!is_grpc(http::Version::HTTP_2, &headers(ct)), "{ct}");
+        }
+        assert!(!is_grpc(http::Version::HTTP_2, &http::HeaderMap::new()));
+    }
+
+    #[test]
+    fn gateway_replies_to_grpc_clients_are_trailers_only_with_the_specs_statuses() {
+        for (status, grpc) in [(401, "16"), (502, "14"), (503, "14"), (504, "4"), (400, "3"), (413, "8"), (429, "8")] {
+            let rejection = Rejection::new(StatusCode::from_u16(status).unwrap(), codes::RATE_LIMITED, "no token 100%");
+            let response = render_grpc(rejection.with_header(RETRY_AFTER, HeaderValue::from_static("1")));
+            assert_eq!(response.status(), StatusCode::OK, "{status}");
+            assert_eq!(response.headers()["grpc-status"], grpc, "{status}");
+            assert_eq!(response.headers()["grpc-message"], "no token 100%25");
+            assert_eq!(response.headers()["content-type"], "application/grpc");
+            assert_eq!(response.headers()[&X_GATEWAY_ERROR], codes::RATE_LIMITED);
+            assert_eq!(response.headers()[RETRY_AFTER], "1");
+            assert!(http_body::Body::is_end_stream(response.body()), "no message: trailers only");
+        }
+        assert_eq!(grpc_message("caf\u{e9}\n"), "caf%C3%A9%0A");
+        assert_eq!(grpc_status(StatusCode::INTERNAL_SERVER_ERROR), 13);
+        assert_eq!(grpc_status(StatusCode::IM_A_TEAPOT), 2);
+    }
 
     #[test]
     fn every_failure_maps_to_its_status_and_code() {

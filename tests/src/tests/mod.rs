@@ -4,6 +4,7 @@ mod auth;
 mod breaker;
 mod config;
 mod deploy;
+mod grpc;
 mod hygiene;
 mod layout;
 mod lifecycle;
