@@ -15,14 +15,37 @@ const MAX_REQUEST_ID_LEN: usize = 128;
 
 /// Removes hop-by-hop headers, including any the `Connection` header nominates.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the (few) headers present, noting which hop-by-hop names occur: most
-    // messages carry none, or only `Connection: keep-alive`.
+    strip_present(headers, hop_by_hop_present(headers));
+}
+
+/// Which hop-by-hop headers `headers` carries, as bits of their positions in the list.
+///
+/// One pass over the (few) headers present: most messages carry none, or only
+/// `Connection: keep-alive`.
+pub fn hop_by_hop_present(headers: &HeaderMap) -> HopByHop {
     let mut present = 0u16;
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
             present |= 1 << i;
         }
     }
+    HopByHop(present)
+}
+
+/// The hop-by-hop headers a message carries (see [`hop_by_hop_present`]).
+#[derive(Clone, Copy, Debug)]
+pub struct HopByHop(u16);
+
+impl HopByHop {
+    /// True when an `Upgrade` header is among them.
+    pub fn has_upgrade(self) -> bool {
+        HOP_BY_HOP.iter().position(|hop| hop == header::UPGRADE).is_some_and(|i| self.0 & (1 << i) != 0)
+    }
+}
+
+/// Removes the hop-by-hop headers `present` names, and any `Connection` nominates.
+pub fn strip_present(headers: &mut HeaderMap, present: HopByHop) {
+    let present = present.0;
     if present == 0 {
         return;
     }

@@ -35,6 +35,7 @@ pub mod headers;
 pub(crate) mod reply;
 #[cfg(test)]
 mod tests;
+pub mod upgrade;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -126,14 +127,28 @@ async fn run(
     if body.size_hint().lower() > limit {
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    prepare_upstream_request(ctx, &mut parts, path_and_query, peer);
+    let websocket = prepare_upstream_request(ctx, &mut parts, path_and_query, peer);
+    // A WebSocket: the client connection, handed over once the upstream answers 101.
+    let pending = match websocket {
+        true => parts.extensions.remove::<hyper::upgrade::OnUpgrade>().map(|client| {
+            upgrade::restore_request_headers(&mut parts.headers);
+            upgrade::PendingUpgrade { client, route: route.name.clone() }
+        }),
+        false => None,
+    };
     if !plugins.upstream_request.is_empty() {
         let side = SideRequests { upstreams: &snapshot.upstreams };
         run_hooks(&plugins.upstream_request, |plugin| plugin.upstream_request(ctx, &mut parts, &side)).await?;
     }
     let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
     let request = Request::from_parts(parts, Either::Left(body));
-    forward::forward(&plugins.upstream_exchange, route, ctx, selection, request).await
+    let mut response = forward::forward(&plugins.upstream_exchange, route, ctx, selection, request).await?;
+    match pending {
+        Some(pending) => upgrade::accept(pending, &mut response).map_err(|_| ProxyError::WrongUpgrade)?,
+        None if response.status() == StatusCode::SWITCHING_PROTOCOLS => return Err(ProxyError::WrongUpgrade),
+        None => {}
+    }
+    Ok(response)
 }
 
 /// Phase: normalise. One spelling of the path for auth, routing and the upstream.
@@ -214,14 +229,17 @@ fn select_target<'r>(route: &'r Route, ctx: &mut RequestCtx, headers: &http::Hea
 
 /// The outgoing request head, as matched: hop-by-hop headers out, forwarding headers and
 /// the request id in, the client's `Host` kept (the upstream may replace it, and adds its
-/// own when there is none), origin-form URI with the normalised path.
+/// own when there is none), origin-form URI with the normalised path. Returns true when
+/// the client asked for a WebSocket upgrade (looked at only when it sent `Upgrade`).
 fn prepare_upstream_request(
     ctx: &RequestCtx,
     parts: &mut http::request::Parts,
     path_and_query: PathAndQuery,
     peer: &Peer,
-) {
-    headers::strip_hop_by_hop(&mut parts.headers);
+) -> bool {
+    let present = headers::hop_by_hop_present(&parts.headers);
+    let websocket = present.has_upgrade() && upgrade::is_websocket(&parts.method, parts.version, &parts.headers);
+    headers::strip_present(&mut parts.headers, present);
     headers::set_forwarding(&mut parts.headers, &peer.header);
     // HTTP/2 clients send :authority instead of Host; HTTP/1.1 upstreams need a Host. An
     // origin-form HTTP/1.1 request has no authority, so the usual request looks up nothing.
@@ -234,6 +252,7 @@ fn prepare_upstream_request(
     parts.headers.insert(&X_REQUEST_ID, ctx.request_id.clone());
     parts.uri = Uri::from(path_and_query);
     parts.version = Version::HTTP_11;
+    websocket
 }
 
 /// Phase: upstream_exchange. Runs that phase's plugins on the head of one request about
@@ -271,6 +290,10 @@ fn respond(in_flight: &mut InFlight, result: Result<Response<ResponseBody>, Prox
     let mut response = match result {
         Ok(mut response) => {
             headers::strip_hop_by_hop(response.headers_mut());
+            if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                // Only an accepted WebSocket upgrade gets here (see `upgrade::accept`).
+                upgrade::restore_response_headers(response.headers_mut());
+            }
             response
         }
         Err(error) => {

@@ -38,6 +38,8 @@ pub(crate) enum ProxyError {
     PolicyStalled { plugin: &'static str },
     /// A policy answered the request itself (401, 429, ...).
     Policy(Rejection),
+    /// The upstream answered 101 for a protocol the gateway does not relay.
+    WrongUpgrade,
 }
 
 impl ProxyError {
@@ -74,6 +76,11 @@ impl ProxyError {
                 format!("the {plugin} policy could not decide in time"),
             ),
             ProxyError::Policy(rejection) => rejection,
+            ProxyError::WrongUpgrade => Rejection::new(
+                StatusCode::BAD_GATEWAY,
+                codes::UPSTREAM_ERROR,
+                "the upstream switched to a protocol other than the websocket asked for",
+            ),
         }
     }
 }

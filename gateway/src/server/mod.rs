@@ -173,7 +173,7 @@ async fn serve_proxy(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown:
                     async move { Ok::<_, Infallible>(proxy::handle(snapshot, request.map(Either::Left), &client).await) }
                 });
                 let io = TokioIo::new(IdleTimeoutStream::new(stream, settings.idle_timeout));
-                let connection = graceful.watch(builder.serve_connection(io, service).into_owned());
+                let connection = graceful.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
                         tracing::debug!(%peer, error = %e, "client connection ended with an error");
@@ -188,8 +188,17 @@ async fn serve_proxy(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown:
     let grace = gateway.snapshot().server.shutdown_grace;
     let in_flight = graceful.count();
     tracing::info!(connections = in_flight, grace_ms = grace.as_millis() as u64, "stopped accepting; draining");
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    let deadline = tokio::time::Instant::now() + grace;
+    if tokio::time::timeout_at(deadline, graceful.shutdown()).await.is_err() {
         tracing::warn!("grace period ran out with requests still in flight; closing them");
+    }
+    // WebSockets left their HTTP connections when they upgraded: wait for them too.
+    let sockets = proxy::upgrade::open_relays();
+    if sockets > 0 {
+        tracing::info!(websockets = sockets, "waiting for open websockets to close");
+        if tokio::time::timeout_at(deadline, proxy::upgrade::drained()).await.is_err() {
+            tracing::warn!(websockets = proxy::upgrade::open_relays(), "grace period ran out; closing websockets");
+        }
     }
 }
 

@@ -66,6 +66,10 @@ impl Http1 {
                 },
             };
             match sender.try_send_request(request).await {
+                // A connection that switched protocols (a WebSocket) is never reused.
+                Ok(response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
+                    return Ok(response.map(|body| PooledBody { inner: body, lease: None }));
+                }
                 Ok(response) => {
                     let pool = Arc::clone(&self.pool);
                     return Ok(response.map(|body| PooledBody { inner: body, lease: Some(Lease { sender, pool }) }));
@@ -97,7 +101,8 @@ impl Http1 {
             .map_err(|e| connect_error(e.to_string()))?;
         let name = name.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            // with_upgrades: a 101 hands the connection to the WebSocket relay.
+            if let Err(e) = connection.with_upgrades().await {
                 tracing::debug!(upstream = %name, error = %e, "upstream connection ended with an error");
             }
         });

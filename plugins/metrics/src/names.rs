@@ -26,6 +26,8 @@ pub const AGGREGATE_PART_DURATION_SECONDS: &str = "gateway_aggregate_part_durati
 pub const CONFIG_RELOADS_TOTAL: &str = "gateway_config_reloads_total";
 /// Gauge: version of the config snapshot being served (1 for the first load).
 pub const CONFIG_VERSION: &str = "gateway_config_version";
+/// Gauge: WebSocket connections relayed now, by `route`.
+pub const UPGRADED_CONNECTIONS: &str = "gateway_upgraded_connections";
 
 /// Buckets (seconds) of every `_seconds` histogram ([`REQUEST_DURATION_SECONDS`],
 /// [`AGGREGATE_PART_DURATION_SECONDS`]): 250 µs to 10 s, dense below 100 ms

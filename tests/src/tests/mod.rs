@@ -16,3 +16,4 @@ mod reload;
 mod rollout;
 mod routing;
 mod transforms;
+mod websocket;
