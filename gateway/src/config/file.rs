@@ -198,6 +198,8 @@ pub struct FileUpstream {
     /// The `Host` it is sent: `client` (default), `upstream` (the url's host:port) or a
     /// literal host.
     pub host_header: Option<Spanned<String>>,
+    /// `http1` (default) or `http2` (prior knowledge over `http://`).
+    pub protocol: Option<Spanned<String>>,
 }
 
 /// `breaker = { failures = 5, window_seconds = 60, open_seconds = 30, half_open_requests = 1 }`.

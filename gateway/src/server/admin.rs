@@ -114,6 +114,7 @@ fn config_document(gateway: &Gateway) -> serde_json::Value {
                     "connect_timeout_ms": s.connect_timeout.as_millis() as u64,
                     "breaker": u.breaker.as_ref().map(|b| b.state(crate::clock::now()).as_str()),
                     "host_header": s.host_header.to_string(),
+                    "protocol": s.protocol.as_str(),
                 }),
             )
         })

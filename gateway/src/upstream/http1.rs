@@ -68,7 +68,7 @@ impl Http1 {
             match sender.try_send_request(request).await {
                 // A connection that switched protocols (a WebSocket) is never reused.
                 Ok(response) if response.status() == http::StatusCode::SWITCHING_PROTOCOLS => {
-                    return Ok(response.map(|body| PooledBody { inner: body, lease: None }));
+                    return Ok(response.map(PooledBody::unpooled));
                 }
                 Ok(response) => {
                     let pool = Arc::clone(&self.pool);
@@ -199,6 +199,12 @@ struct Lease {
 }
 
 impl PooledBody {
+    /// A body whose connection is not the pool's to take back (HTTP/2, a switched
+    /// protocol).
+    pub(crate) fn unpooled(inner: Incoming) -> Self {
+        PooledBody { inner, lease: None }
+    }
+
     fn release_if_finished(&mut self) {
         if self.inner.is_end_stream()
             && let Some(lease) = self.lease.take()

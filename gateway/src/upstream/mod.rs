@@ -12,6 +12,7 @@
 
 pub(crate) mod call;
 pub(crate) mod http1;
+pub(crate) mod http2;
 #[cfg(test)]
 pub(crate) mod memory;
 
@@ -61,12 +62,36 @@ pub struct UpstreamSettings {
     pub failure_statuses: Vec<(u16, u16)>,
     /// The `Host` requests to this upstream carry.
     pub host_header: HostHeader,
+    /// How requests travel to it.
+    pub protocol: Protocol,
+}
+
+/// `protocol` on an upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Protocol {
+    /// Pooled HTTP/1.1 keep-alive connections (the default).
+    #[default]
+    Http1,
+    /// One multiplexed HTTP/2 connection (prior knowledge over `http://`).
+    Http2,
+}
+
+impl Protocol {
+    /// As written in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+        }
+    }
 }
 
 /// How an upstream's requests travel.
 pub(crate) enum Transport {
     /// Pooled HTTP/1.1 over TCP.
     Http1(http1::Http1),
+    /// One multiplexed HTTP/2 connection over TCP.
+    Http2(http2::Http2),
     /// An in-process service, for tests of the phases (not in the product's build).
     #[cfg(test)]
     Memory(memory::MemoryService),
@@ -137,7 +162,10 @@ impl Upstream {
     /// validated url; `breaker` is the one to keep from the previous config, if any.
     pub fn new(settings: UpstreamSettings, authority: &http::uri::Authority, breaker: Option<Arc<Breaker>>) -> Self {
         let host = HeaderValue::from_str(authority.as_str()).expect("a url authority is a valid header value");
-        let transport = Transport::Http1(http1::Http1::new(&settings, authority));
+        let transport = match settings.protocol {
+            Protocol::Http1 => Transport::Http1(http1::Http1::new(&settings, authority)),
+            Protocol::Http2 => Transport::Http2(http2::Http2::new(&settings, authority)),
+        };
         Upstream { name: Arc::from(settings.name.as_str()), settings, breaker, host, transport }
     }
 
@@ -190,6 +218,7 @@ impl Upstream {
         let exchange = async {
             match &self.transport {
                 Transport::Http1(http1) => http1.exchange(&self.name, request).await.map(|r| r.map(Either::Left)),
+                Transport::Http2(http2) => http2.exchange(&self.name, request).await.map(|r| r.map(Either::Left)),
                 #[cfg(test)]
                 Transport::Memory(service) => service.exchange(&self.name, request).await.map(|r| r.map(Either::Right)),
             }

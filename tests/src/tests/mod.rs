@@ -5,6 +5,7 @@ mod breaker;
 mod config;
 mod deploy;
 mod grpc;
+mod http2;
 mod hygiene;
 mod layout;
 mod lifecycle;

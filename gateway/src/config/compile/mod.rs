@@ -46,7 +46,7 @@ use super::file::{
 use crate::routing::normalize::normalize_path;
 use crate::routing::router::Router;
 use crate::snapshot::{ConfigMeta, Fallback, PhasePlugins, Route, ServerSettings, Snapshot};
-use crate::upstream::{Upstream, UpstreamSettings};
+use crate::upstream::{Protocol, Upstream, UpstreamSettings};
 
 /// Most worker threads accepted.
 const MAX_WORKERS: u64 = 1024;

@@ -485,3 +485,15 @@ fn transform_sections_and_host_headers_name_line_column_and_key() {
     let snapshot = compile(Path::new("routes.toml"), BASE, 1).expect("valid");
     assert_eq!(snapshot.upstreams["users"].settings.host_header, HostHeader::Client, "the default");
 }
+
+#[test]
+fn an_upstream_protocol_is_http1_or_http2() {
+    let with = |value: &str| BASE.replace("timeout_ms = 2000", &format!("protocol = {value}"));
+    assert_each_error(&[
+        (with("\"h2\""), "11:12: upstreams.users.protocol: \"h2\" is not a protocol: http1 (default) or http2"),
+        (with("2"), "11:12: upstreams.users.protocol: invalid type: integer `2`, expected a string"),
+    ]);
+    let snapshot = compile(Path::new("routes.toml"), &with("\"http2\""), 1).expect("valid");
+    assert_eq!(snapshot.upstreams["users"].settings.protocol, Protocol::Http2);
+    assert_eq!(snapshot.upstreams["monolith"].settings.protocol, Protocol::Http1, "the default");
+}

@@ -34,7 +34,15 @@ impl Checker<'_> {
                     }
                 },
             };
-            if let (Some(authority), Some(host_header)) = (authority, host_header) {
+            let protocol = match upstream.protocol.as_ref().map(|p| (p, p.get_ref().as_str())) {
+                None | Some((_, "http1")) => Some(Protocol::Http1),
+                Some((_, "http2")) => Some(Protocol::Http2),
+                Some((text, other)) => {
+                    self.error(span(text), format!("\"{other}\" is not a protocol: http1 (default) or http2"));
+                    None
+                }
+            };
+            if let (Some(authority), Some(host_header), Some(protocol)) = (authority, host_header, protocol) {
                 let settings = UpstreamSettings {
                     name: name.get_ref().clone(),
                     url: upstream.url.get_ref().clone(),
@@ -45,6 +53,7 @@ impl Checker<'_> {
                     breaker,
                     failure_statuses,
                     host_header,
+                    protocol,
                 };
                 out.push((settings, authority));
             }
