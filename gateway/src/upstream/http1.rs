@@ -17,14 +17,12 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
-use http_body_util::LengthLimitError;
 use hyper::body::Incoming;
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{SendFailure, UpstreamBody, UpstreamError, UpstreamSettings, caused_by};
+use super::{SendFailure, UpstreamBody, UpstreamError, UpstreamSettings, connect_address, connect_tcp, exchange_error};
 
 /// Smallest interval between two sweeps of idle connections.
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -39,10 +37,7 @@ pub(crate) struct Http1 {
 
 impl Http1 {
     pub(crate) fn new(settings: &UpstreamSettings, authority: &http::uri::Authority) -> Self {
-        let connect_to = match authority.port_u16() {
-            Some(_) => authority.as_str().to_owned(),
-            None => format!("{}:80", authority.host()),
-        };
+        let connect_to = connect_address(authority);
         let pool = Arc::new(Pool {
             idle: Mutex::new(Vec::new()),
             max_idle: settings.pool_max_idle,
@@ -85,15 +80,8 @@ impl Http1 {
 
     async fn connect(&self, name: &Arc<str>) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
         self.pool.start_sweeper();
+        let stream = connect_tcp(name, &self.connect_to, self.connect_timeout).await?;
         let connect_error = |reason: String| UpstreamError::Connect { upstream: name.clone(), reason };
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.connect_to)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(connect_error(e.to_string())),
-            Err(_) => return Err(connect_error(format!("timed out after {:?}", self.connect_timeout))),
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(upstream = %name, error = %e, "cannot set TCP_NODELAY");
-        }
         let (sender, connection) = http1::Builder::new()
             .writev(false) // one buffer per request, like the server side (see server/mod.rs)
             .handshake(TokioIo::new(stream))
@@ -107,14 +95,6 @@ impl Http1 {
             }
         });
         Ok(sender)
-    }
-}
-
-fn exchange_error(name: &Arc<str>, error: hyper::Error) -> UpstreamError {
-    if caused_by::<LengthLimitError>(&error) {
-        UpstreamError::BodyTooLarge
-    } else {
-        UpstreamError::Exchange { upstream: name.clone(), source: Box::new(error) }
     }
 }
 

@@ -15,11 +15,10 @@ use http::uri::{Authority, Scheme};
 use http::{Request, Response, Uri, Version};
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
 use super::http1::PooledBody;
-use super::{SendFailure, UpstreamBody, UpstreamError, UpstreamSettings, caused_by};
+use super::{SendFailure, UpstreamBody, UpstreamError, UpstreamSettings, connect_address, connect_tcp, exchange_error};
 
 /// Headers HTTP/2 forbids on a request (RFC 9113 §8.2.2); hop-by-hop stripping removed
 /// the client's already, this also covers what a policy or a WebSocket handshake set.
@@ -37,10 +36,7 @@ pub(crate) struct Http2 {
 
 impl Http2 {
     pub(crate) fn new(settings: &UpstreamSettings, authority: &Authority) -> Self {
-        let connect_to = match authority.port_u16() {
-            Some(_) => authority.as_str().to_owned(),
-            None => format!("{}:80", authority.host()),
-        };
+        let connect_to = connect_address(authority);
         Http2 {
             connect_to,
             authority: authority.clone(),
@@ -83,15 +79,8 @@ impl Http2 {
     }
 
     async fn connect(&self, name: &Arc<str>) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
+        let stream = connect_tcp(name, &self.connect_to, self.connect_timeout).await?;
         let connect_error = |reason: String| UpstreamError::Connect { upstream: name.clone(), reason };
-        let stream = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(&self.connect_to)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(connect_error(e.to_string())),
-            Err(_) => return Err(connect_error(format!("timed out after {:?}", self.connect_timeout))),
-        };
-        if let Err(e) = stream.set_nodelay(true) {
-            tracing::debug!(upstream = %name, error = %e, "cannot set TCP_NODELAY");
-        }
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(TokioIo::new(stream))
@@ -144,13 +133,5 @@ impl Http2 {
         }
         *request.version_mut() = Version::HTTP_11;
         request
-    }
-}
-
-fn exchange_error(name: &Arc<str>, error: hyper::Error) -> UpstreamError {
-    if caused_by::<http_body_util::LengthLimitError>(&error) {
-        UpstreamError::BodyTooLarge
-    } else {
-        UpstreamError::Exchange { upstream: name.clone(), source: Box::new(error) }
     }
 }

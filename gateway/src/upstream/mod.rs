@@ -233,6 +233,42 @@ impl Upstream {
     }
 }
 
+/// `host:port` to connect to for a url's authority (port 80 when the url names none).
+pub(crate) fn connect_address(authority: &http::uri::Authority) -> String {
+    match authority.port_u16() {
+        Some(_) => authority.as_str().to_owned(),
+        None => format!("{}:80", authority.host()),
+    }
+}
+
+/// Opens the TCP connection to an upstream within `timeout`, with Nagle off.
+pub(crate) async fn connect_tcp(
+    name: &Arc<str>,
+    address: &str,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, UpstreamError> {
+    let connect_error = |reason: String| UpstreamError::Connect { upstream: name.clone(), reason };
+    let stream = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(address)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(connect_error(e.to_string())),
+        Err(_) => return Err(connect_error(format!("timed out after {timeout:?}"))),
+    };
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!(upstream = %name, error = %e, "cannot set TCP_NODELAY");
+    }
+    Ok(stream)
+}
+
+/// The error of an exchange hyper gave up on: the client's body over the limit, or the
+/// exchange itself.
+pub(crate) fn exchange_error(name: &Arc<str>, error: hyper::Error) -> UpstreamError {
+    if caused_by::<http_body_util::LengthLimitError>(&error) {
+        UpstreamError::BodyTooLarge
+    } else {
+        UpstreamError::Exchange { upstream: name.clone(), source: Box::new(error) }
+    }
+}
+
 /// True when `E` is anywhere in the error's source chain.
 pub(crate) fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
