@@ -16,5 +16,6 @@ mod ratelimit;
 mod reload;
 mod rollout;
 mod routing;
+mod streaming;
 mod transforms;
 mod websocket;
