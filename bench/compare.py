@@ -12,6 +12,8 @@ measures, interleaved round by round so drift hits every target alike:
   nginx    1 worker, upstream keepalive
   haproxy  1 thread, http-reuse always
   gateway  1 worker thread, access log off
+  gateway, h2c upstream  the same, with `protocol = "http2"` to the upstream's h2c port:
+           one multiplexed HTTP/2 connection instead of a keep-alive pool
   aggregate (separate table)  a 3-part aggregate on the gateway at 4 connections, against
            one part fetched directly: the aggregate should cost the slowest part + < 1 ms
   gateway, JWT RS256 (cached)  the same, on a route that requires a token; wrk sends one
@@ -47,8 +49,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_PORT = 18080
-PORTS = {"nginx": 18081, "haproxy": 18082, "gateway": 18083, "gateway-jwt": 18084, "gateway-baseline": 18085}
-GATEWAY_ADMIN_PORTS = {"gateway": 18093, "gateway-jwt": 18094, "gateway-baseline": 18095}
+UPSTREAM_H2_PORT = 18079
+PORTS = {"nginx": 18081, "haproxy": 18082, "gateway": 18083, "gateway-jwt": 18084, "gateway-baseline": 18085,
+         "gateway-h2": 18086}
+GATEWAY_ADMIN_PORTS = {"gateway": 18093, "gateway-jwt": 18094, "gateway-baseline": 18095, "gateway-h2": 18096}
 FIXTURE_KEYS = ROOT / "tests" / "fixtures" / "keys"
 PATH = "/api/users/42"
 AGGREGATE_CONNECTIONS = 4
@@ -182,6 +186,7 @@ def main():
         procs["upstream"] = start_nginx(work, "upstream", f"""
   server {{
     listen 127.0.0.1:{UPSTREAM_PORT} backlog=4096;
+    listen 127.0.0.1:{UPSTREAM_H2_PORT} http2;
     location / {{ default_type application/json; return 200 '{{"id":42,"name":"ada"}}'; }}
   }}""", LOAD_CPU)
         procs["nginx"] = start_nginx(work, "nginx", f"""
@@ -262,12 +267,17 @@ issuer = "https://auth.bench.local"
 audience = "api"
 claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
 """
-        gateways = [("gateway", "", gateway_bin), ("gateway-jwt", jwt_auth, gateway_bin)]
+        gateways = [("gateway", "", gateway_bin), ("gateway-jwt", jwt_auth, gateway_bin),
+                    ("gateway-h2", "", gateway_bin)]
         if args.baseline:
             gateways.append(("gateway-baseline", "", args.baseline.resolve()))
         for name, auth, binary in gateways:
             cfg = Path(work) / f"{name}.toml"
-            cfg.write_text(gateway_config(name, auth))
+            text = gateway_config(name, auth)
+            if name == "gateway-h2":
+                text = text.replace(f'url = "http://127.0.0.1:{UPSTREAM_PORT}"',
+                                    f'url = "http://127.0.0.1:{UPSTREAM_H2_PORT}"\nprotocol = "http2"')
+            cfg.write_text(text)
             procs[name] = subprocess.Popen(pinned(PROXY_CPU, [str(binary), "run", "--config", str(cfg)]),
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                            start_new_session=True)
@@ -287,6 +297,7 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
         if args.baseline:
             targets.append(("gateway (baseline)", PORTS["gateway-baseline"], procs["gateway-baseline"].pid, ()))
         targets.append(("gateway, JWT RS256 (cached)", PORTS["gateway-jwt"], procs["gateway-jwt"].pid, jwt_headers))
+        targets.append(("gateway, h2c upstream", PORTS["gateway-h2"], procs["gateway-h2"].pid, ()))
         for _, port, _, headers in targets:  # warm pools and caches
             run_wrk(port, 2, args.connections, headers)
         results = {name: [] for name, _, _, _ in targets}
