@@ -44,7 +44,7 @@ fn header_hygiene(c: &mut Criterion) {
             || request.clone(),
             |mut headers| {
                 strip_hop_by_hop(&mut headers);
-                set_forwarding(&mut headers, &client_ip);
+                set_forwarding(&mut headers, &client_ip, &gateway::proxy::headers::PROTO_HTTP);
                 black_box(request_id(&headers));
                 headers
             },

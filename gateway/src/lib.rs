@@ -26,4 +26,5 @@ pub mod routing;
 pub mod server;
 pub mod snapshot;
 pub mod telemetry;
+pub mod tls;
 pub mod upstream;

@@ -56,6 +56,8 @@ pub struct ServerSettings {
     pub access_log: bool,
     /// Proxies whose `x-forwarded-for` is believed when finding the client address.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// HTTPS listener, when `tls_listen` is set.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// A route, compiled. The default route (unmatched traffic) is the last in the table.
@@ -197,6 +199,8 @@ pub struct Snapshot {
     pub routes: Vec<Route>,
     /// Path -> route.
     pub router: Router,
+    /// The certificates of the HTTPS listener, when `[server.tls]` is configured.
+    pub tls: Option<Arc<crate::tls::Certificates>>,
     /// Token verification, when `[auth]` is configured.
     pub auth: Option<Arc<gateway_plugin_auth::Authenticator>>,
     /// The plugins the registered route policies built for this config (a reload hands

@@ -128,6 +128,28 @@ pub struct FileServer {
     pub default_auth: Option<Spanned<FileAuthMode>>,
     /// Proxies (IPs or CIDRs) whose `x-forwarded-for` is believed for `sticky = "ip"`.
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
+    /// HTTPS listener (ALPN h2 and http/1.1), with `[server.tls]`.
+    pub tls_listen: Option<Spanned<String>>,
+    /// The certificates of `tls_listen`.
+    pub tls: Option<Spanned<FileTls>>,
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// SNI picks the first whose names match; the first is the default.
+    pub certificates: Vec<Spanned<FileCertificate>>,
+}
+
+/// `{ cert_file = "...", key_file = "..." }`, relative to the config file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileCertificate {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: Spanned<String>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: Spanned<String>,
 }
 
 /// `auth = "required" | "optional" | "off"`.

@@ -28,8 +28,13 @@ impl Trigger {
 }
 
 /// Watches the directory, not the file: a rename-save or a symlink swap replaces the
-/// file's inode, which a watch on the file itself would lose.
-pub(crate) fn watch_directory(config: &Path, triggers: mpsc::Sender<Trigger>) -> Option<notify::RecommendedWatcher> {
+/// file's inode, which a watch on the file itself would lose. `also` are more
+/// directories whose files the config reads (certificates).
+pub(crate) fn watch_directory(
+    config: &Path,
+    also: &[PathBuf],
+    triggers: mpsc::Sender<Trigger>,
+) -> Option<notify::RecommendedWatcher> {
     use notify::{EventKind, RecursiveMode, Watcher};
     let directory: PathBuf = match config.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
@@ -45,6 +50,11 @@ pub(crate) fn watch_directory(config: &Path, triggers: mpsc::Sender<Trigger>) ->
     };
     let watcher = notify::recommended_watcher(handler).and_then(|mut watcher| {
         watcher.watch(&directory, RecursiveMode::NonRecursive)?;
+        for extra in also.iter().filter(|d| **d != directory) {
+            if let Err(e) = watcher.watch(extra, RecursiveMode::NonRecursive) {
+                tracing::warn!(directory = %extra.display(), error = %e, "cannot watch a certificate directory; reload with SIGHUP");
+            }
+        }
         Ok(watcher)
     });
     match watcher {

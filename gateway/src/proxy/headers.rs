@@ -73,10 +73,16 @@ pub fn strip_present(headers: &mut HeaderMap, present: HopByHop) {
     }
 }
 
-/// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto`.
+/// `x-forwarded-proto` of a request that came in over plain HTTP.
+pub static PROTO_HTTP: HeaderValue = HeaderValue::from_static("http");
+/// `x-forwarded-proto` of a request that came in over TLS.
+pub static PROTO_HTTPS: HeaderValue = HeaderValue::from_static("https");
+
+/// Appends the client address to `x-forwarded-for` and sets `x-forwarded-proto` to how
+/// the client reached the gateway (`proto`: [`PROTO_HTTP`] or [`PROTO_HTTPS`]).
 /// `client_ip` is formatted once per connection by the caller. Several incoming
 /// `x-forwarded-for` lines are joined into one list, in order.
-pub fn set_forwarding(headers: &mut HeaderMap, client_ip: &HeaderValue) {
+pub fn set_forwarding(headers: &mut HeaderMap, client_ip: &HeaderValue, proto: &HeaderValue) {
     let mut previous = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
     let chain = if previous.peek().is_none() {
         client_ip.clone()
@@ -90,7 +96,7 @@ pub fn set_forwarding(headers: &mut HeaderMap, client_ip: &HeaderValue) {
         HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client_ip.clone())
     };
     headers.insert(&X_FORWARDED_FOR, chain);
-    headers.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    headers.insert(&X_FORWARDED_PROTO, proto.clone());
 }
 
 /// The request id to use: the client's if it is short printable ASCII, else a new one.
@@ -153,15 +159,15 @@ mod tests {
     fn forwarding_appends_to_the_chain() {
         let mut h = HeaderMap::new();
         let ip = HeaderValue::from_static("10.0.0.9");
-        set_forwarding(&mut h, &ip);
+        set_forwarding(&mut h, &ip, &PROTO_HTTP);
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
-        set_forwarding(&mut h, &ip);
+        set_forwarding(&mut h, &ip, &PROTO_HTTP);
         assert_eq!(h[&X_FORWARDED_FOR], "1.2.3.4, 10.0.0.9");
         assert_eq!(h[&X_FORWARDED_PROTO], "http");
         h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2, 3.3.3.3"));
-        set_forwarding(&mut h, &ip);
+        set_forwarding(&mut h, &ip, &PROTO_HTTP);
         assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1, "one line goes upstream");
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
     }

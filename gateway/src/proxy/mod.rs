@@ -69,12 +69,23 @@ pub(crate) struct Peer {
     pub(crate) ip: IpAddr,
     /// The same, as a header value for `x-forwarded-for`.
     pub(crate) header: HeaderValue,
+    /// How it reached the gateway, for `x-forwarded-proto`.
+    pub(crate) proto: &'static HeaderValue,
 }
 
 impl Peer {
-    /// A peer at `ip`.
+    /// A peer at `ip` on the plain HTTP listener.
     pub(crate) fn new(ip: IpAddr) -> Self {
-        Peer { ip, header: HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value") }
+        Peer {
+            ip,
+            header: HeaderValue::from_str(&ip.to_string()).expect("an IP address is a valid header value"),
+            proto: &headers::PROTO_HTTP,
+        }
+    }
+
+    /// A peer at `ip` on the TLS listener.
+    pub(crate) fn tls(ip: IpAddr) -> Self {
+        Peer { proto: &headers::PROTO_HTTPS, ..Peer::new(ip) }
     }
 }
 
@@ -240,7 +251,7 @@ fn prepare_upstream_request(
     let present = headers::hop_by_hop_present(&parts.headers);
     let websocket = present.has_upgrade() && upgrade::is_websocket(&parts.method, parts.version, &parts.headers);
     headers::strip_present(&mut parts.headers, present);
-    headers::set_forwarding(&mut parts.headers, &peer.header);
+    headers::set_forwarding(&mut parts.headers, &peer.header, peer.proto);
     // HTTP/2 clients send :authority instead of Host; HTTP/1.1 upstreams need a Host. An
     // origin-form HTTP/1.1 request has no authority, so the usual request looks up nothing.
     if let Some(authority) = parts.uri.authority()

@@ -18,7 +18,7 @@ use http_body_util::Either;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -59,6 +59,8 @@ pub struct RunningGateway {
     pub listen_addr: SocketAddr,
     /// Where the admin endpoints listen.
     pub admin_addr: SocketAddr,
+    /// Where HTTPS is served, when `tls_listen` is set.
+    pub tls_addr: Option<SocketAddr>,
     /// Shared state, for in-process inspection.
     pub gateway: Arc<Gateway>,
     shutdown: watch::Sender<bool>,
@@ -110,16 +112,45 @@ pub async fn start(snapshot: Snapshot) -> Result<RunningGateway, StartError> {
         source,
     })?;
 
+    let tls_listener = match settings.tls_listen {
+        Some(addr) => Some(bind(addr, "server.tls_listen").await?),
+        None => None,
+    };
+    let tls_addr = match &tls_listener {
+        Some(listener) => Some(listener.local_addr().map_err(|source| StartError::Bind {
+            addr: settings.tls_listen.unwrap_or(settings.listen),
+            what: "server.tls_listen",
+            source,
+        })?),
+        None => None,
+    };
+
     let gateway = Arc::new(Gateway::new(snapshot));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (reload_triggers, watcher) = reload::start(gateway.clone(), shutdown_rx.clone());
-    let tasks = vec![
-        tokio::spawn(serve_proxy(listener, gateway.clone(), shutdown_rx.clone())),
+    let mut tasks = vec![
+        tokio::spawn(serve_proxy(listener, None, gateway.clone(), shutdown_rx.clone())),
         tokio::spawn(admin::serve(admin_listener, gateway.clone(), shutdown_rx.clone())),
-        tokio::spawn(metrics_upkeep(gateway.metrics.clone(), shutdown_rx)),
+        tokio::spawn(metrics_upkeep(gateway.metrics.clone(), shutdown_rx.clone())),
     ];
+    if let Some(tls_listener) = tls_listener {
+        // Each handshake picks from the certificates of the snapshot serving then.
+        let current = gateway.clone();
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(crate::tls::server_config(move || current.snapshot().tls.clone()));
+        tasks.push(tokio::spawn(serve_proxy(tls_listener, Some(acceptor), gateway.clone(), shutdown_rx)));
+    }
     gateway.set_ready();
-    Ok(RunningGateway { listen_addr, admin_addr, gateway, shutdown, tasks, reload_triggers, _watcher: watcher })
+    Ok(RunningGateway {
+        listen_addr,
+        admin_addr,
+        tls_addr,
+        gateway,
+        shutdown,
+        tasks,
+        reload_triggers,
+        _watcher: watcher,
+    })
 }
 
 fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
@@ -145,7 +176,14 @@ fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
     builder
 }
 
-async fn serve_proxy(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown: watch::Receiver<bool>) {
+/// Serves one data-plane listener: plain HTTP, or HTTPS when `tls` is given (the handshake
+/// runs in the connection's own task, within `header_read_timeout_ms`).
+async fn serve_proxy(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    gateway: Arc<Gateway>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -164,21 +202,23 @@ async fn serve_proxy(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown:
                 // Limits and timeouts come from the config serving now, so a reload applies
                 // them to every connection accepted after it.
                 let settings = gateway.snapshot().server.clone();
-                let builder = connection_builder(&settings);
-                let client = Arc::new(Peer::new(peer.ip()));
-                let gateway = gateway.clone();
-                let service = service_fn(move |request| {
-                    let snapshot = gateway.snapshot();
-                    let client = client.clone();
-                    async move { Ok::<_, Infallible>(proxy::handle(snapshot, request.map(Either::Left), &client).await) }
-                });
-                let io = TokioIo::new(IdleTimeoutStream::new(stream, settings.idle_timeout));
-                let connection = graceful.watch(builder.serve_connection_with_upgrades(io, service).into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = connection.await {
-                        tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                let stream = IdleTimeoutStream::new(stream, settings.idle_timeout);
+                match &tls {
+                    None => serve_connection(stream, Peer::new(peer.ip()), &settings, &gateway, graceful.watcher()),
+                    Some(acceptor) => {
+                        let accept = acceptor.accept(stream);
+                        let (gateway, watcher) = (gateway.clone(), graceful.watcher());
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(settings.header_read_timeout, accept).await {
+                                Ok(Ok(stream)) => {
+                                    serve_connection(stream, Peer::tls(peer.ip()), &settings, &gateway, watcher);
+                                }
+                                Ok(Err(e)) => handshake_failed(crate::tls::handshake_failure_reason(&e)),
+                                Err(_) => handshake_failed("timeout"),
+                            }
+                        });
                     }
-                });
+                }
             }
             _ = stopped(&mut shutdown) => break,
         }
@@ -200,6 +240,34 @@ async fn serve_proxy(listener: TcpListener, gateway: Arc<Gateway>, mut shutdown:
             tracing::warn!(websockets = proxy::upgrade::open_relays(), "grace period ran out; closing websockets");
         }
     }
+}
+
+/// Counts a TLS handshake that failed, by a reason label only (never key material).
+fn handshake_failed(reason: &'static str) {
+    tracing::debug!(reason, "TLS handshake failed");
+    metrics::counter!(gateway_plugin_metrics::names::TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => reason).increment(1);
+}
+
+/// Serves HTTP/1.1 and HTTP/2 (and WebSocket upgrades) on one accepted connection.
+fn serve_connection<S>(stream: S, peer: Peer, settings: &ServerSettings, gateway: &Arc<Gateway>, graceful: Watcher)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let builder = connection_builder(settings);
+    let address = peer.ip;
+    let client = Arc::new(peer);
+    let gateway = gateway.clone();
+    let service = service_fn(move |request| {
+        let snapshot = gateway.snapshot();
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(snapshot, request.map(Either::Left), &client).await) }
+    });
+    let connection = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(peer = %address, error = %e, "client connection ended with an error");
+        }
+    });
 }
 
 async fn metrics_upkeep(metrics: PrometheusHandle, mut shutdown: watch::Receiver<bool>) {

@@ -80,7 +80,10 @@ pub(crate) fn start(
 ) -> (mpsc::Sender<Trigger>, Option<notify::RecommendedWatcher>) {
     // One pending trigger is enough: a reload reads the whole file anyway.
     let (sender, receiver) = mpsc::channel(1);
-    let watcher = watch_directory(&gateway.snapshot().meta.source, sender.clone());
+    let snapshot = gateway.snapshot();
+    // The directories of the TLS certificates too, so a renewed certificate is picked up.
+    let also: Vec<std::path::PathBuf> = snapshot.tls.iter().flat_map(|tls| tls.directories()).collect();
+    let watcher = watch_directory(&snapshot.meta.source, &also, sender.clone());
     tokio::spawn(reloader(gateway, receiver, shutdown));
     (sender, watcher)
 }

@@ -26,6 +26,8 @@ pub const AGGREGATE_PART_DURATION_SECONDS: &str = "gateway_aggregate_part_durati
 pub const CONFIG_RELOADS_TOTAL: &str = "gateway_config_reloads_total";
 /// Gauge: version of the config snapshot being served (1 for the first load).
 pub const CONFIG_VERSION: &str = "gateway_config_version";
+/// Counter: TLS handshakes on `tls_listen` that failed, by `reason`.
+pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "gateway_tls_handshake_failures_total";
 /// Gauge: WebSocket connections relayed now, by `route`.
 pub const UPGRADED_CONNECTIONS: &str = "gateway_upgraded_connections";
 

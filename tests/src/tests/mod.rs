@@ -17,5 +17,6 @@ mod reload;
 mod rollout;
 mod routing;
 mod streaming;
+mod tls;
 mod transforms;
 mod websocket;

@@ -15,7 +15,7 @@ mod upstreams;
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::ops::Range;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -46,6 +46,7 @@ use super::file::{
 use crate::routing::normalize::normalize_path;
 use crate::routing::router::Router;
 use crate::snapshot::{ConfigMeta, Fallback, PhasePlugins, Route, ServerSettings, Snapshot};
+use crate::tls::{Certificates, PairError};
 use crate::upstream::{Protocol, Upstream, UpstreamSettings};
 
 /// Most worker threads accepted.
@@ -75,7 +76,8 @@ pub fn compile(path: &Path, text: &str, version: u64) -> Result<Snapshot, Config
 /// addresses, workers) are errors.
 pub fn load_next(path: &Path, previous: &Snapshot) -> Result<Option<Snapshot>, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-    if sha256_hex(text.as_bytes()) == previous.meta.checksum {
+    let certificates_unchanged = previous.tls.as_ref().is_none_or(|tls| tls.unchanged_on_disk());
+    if sha256_hex(text.as_bytes()) == previous.meta.checksum && certificates_unchanged {
         return Ok(None);
     }
     compile_with(path, &text, previous.meta.version + 1, Some(previous)).map(Some)
@@ -145,6 +147,8 @@ struct Checked {
     routes: Vec<CheckedRoute>,
     /// Every registered policy's compiled sections.
     policy_tables: Vec<CompiledSections>,
+    /// `[server.tls]`, loaded.
+    tls: Option<Certificates>,
 }
 
 struct CheckedRoute {
@@ -196,6 +200,7 @@ impl Checker<'_> {
         };
         known_upstream(self, &file.server.default_upstream);
         let server = self.check_server(&file.server, &file.upstreams);
+        let tls = self.check_tls(&file.server);
 
         let auth = file.auth.as_ref().and_then(|auth| self.check_auth(auth));
         let has_auth = file.auth.is_some();
@@ -246,6 +251,7 @@ impl Checker<'_> {
             1 + file.routes.len() + aggregates.len(),
         );
         Some(Checked {
+            tls: tls?,
             policy_tables,
             aggregates,
             server: server?,
@@ -461,6 +467,7 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>, regist
         routes,
         router,
         auth: authenticator,
+        tls: checked.tls.map(Arc::new),
         policies,
         plugins: PhasePlugins::new(plugins),
         route_stats: std::sync::OnceLock::new(),

@@ -87,6 +87,20 @@ impl Checker<'_> {
                 }
             }
         }
+        let tls_listen = server.tls_listen.as_ref().map(|addr| (self.socket_addr(addr), addr));
+        match (&tls_listen, &server.tls) {
+            (Some((_, at)), None) => self.error(span(at), "tls_listen needs [server.tls] with its certificates"),
+            (None, Some(tls)) => self.error(span(tls), "[server.tls] is used only with server.tls_listen"),
+            _ => {}
+        }
+        if let (Some(previous), Some(now)) =
+            (self.previous.map(|p| &p.server), tls_listen.as_ref().map(|(addr, _)| *addr))
+            && now.is_some()
+            && previous.tls_listen != now
+        {
+            let at = server.tls_listen.as_ref().map_or_else(|| span(&server.listen), span);
+            self.error(at, "server.tls_listen cannot change while the gateway runs; restart to apply it");
+        }
         let mut trusted_proxies = Vec::new();
         for entry in server.trusted_proxies.iter().flatten() {
             let text = entry.get_ref();
@@ -108,6 +122,41 @@ impl Checker<'_> {
             idle_timeout: Duration::from_millis(idle_timeout),
             shutdown_grace: Duration::from_millis(shutdown_grace),
             access_log: server.access_log.unwrap_or(true),
+            tls_listen: match tls_listen {
+                Some((addr, _)) => Some(addr?),
+                None => None,
+            },
         })
+    }
+
+    /// `[server.tls]`: every pair read and checked now, so a broken or mismatched file is
+    /// a config error at its key, and a reload with one keeps the running certificates.
+    pub(super) fn check_tls(&mut self, server: &FileServer) -> Option<Option<Certificates>> {
+        let Some(tls) = &server.tls else { return Some(None) };
+        if tls.get_ref().certificates.is_empty() {
+            self.error(span(tls), "give at least one certificate: certificates = [{ cert_file, key_file }]");
+            return None;
+        }
+        let pairs: Vec<(PathBuf, PathBuf)> = tls
+            .get_ref()
+            .certificates
+            .iter()
+            .map(|c| {
+                let c = c.get_ref();
+                (self.config_dir.join(c.cert_file.get_ref()), self.config_dir.join(c.key_file.get_ref()))
+            })
+            .collect();
+        match Certificates::load(&pairs) {
+            Ok(certificates) => Some(Some(certificates)),
+            Err((index, problem)) => {
+                let entry = tls.get_ref().certificates[index].get_ref();
+                let (at, message) = match problem {
+                    PairError::Certificate(message) => (span(&entry.cert_file), message),
+                    PairError::Key(message) => (span(&entry.key_file), message),
+                };
+                self.error(at, message);
+                None
+            }
+        }
     }
 }

@@ -497,3 +497,35 @@ fn an_upstream_protocol_is_http1_or_http2() {
     assert_eq!(snapshot.upstreams["users"].settings.protocol, Protocol::Http2);
     assert_eq!(snapshot.upstreams["monolith"].settings.protocol, Protocol::Http1, "the default");
 }
+
+const FIXTURE_TLS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/tls");
+
+#[test]
+fn tls_settings_name_line_column_and_key() {
+    let with = |server: &str, tls: &str| {
+        BASE.replace("default_upstream = \"monolith\"", &format!("default_upstream = \"monolith\"\n{server}"))
+            .replace("\n[upstreams.monolith]", &format!("\n{tls}\n[upstreams.monolith]"))
+    };
+    let pair = |cert: &str, key: &str| {
+        format!(
+            "[server.tls]\ncertificates = [{{ cert_file = \"{FIXTURE_TLS}/{cert}\", key_file = \"{FIXTURE_TLS}/{key}\" }}]"
+        )
+    };
+    assert_each_error(&[
+        (with("tls_listen = \"127.0.0.1:0\"", ""), "5:14: server.tls_listen: tls_listen needs [server.tls]"),
+        (with("", &pair("api.pem", "api.key")), "server.tls: [server.tls] is used only with server.tls_listen"),
+        (with("tls_listen = \"nope\"", &pair("api.pem", "api.key")), "server.tls_listen: \"nope\" is not IP:PORT"),
+        (with("tls_listen = \"127.0.0.1:0\"", &pair("api.pem", "admin.key")), "server.tls.certificates[0].key_file: "),
+        (
+            with("tls_listen = \"127.0.0.1:0\"", &pair("missing.pem", "api.key")),
+            "certificates[0].cert_file: cannot read",
+        ),
+        (with("tls_listen = \"127.0.0.1:0\"", "[server.tls]\ncertificates = []"), "give at least one certificate"),
+    ]);
+    let mismatched = errors(&with("tls_listen = \"127.0.0.1:0\"", &pair("api.pem", "admin.key")));
+    assert!(mismatched.iter().any(|e| e.contains("admin.key is not the key of")), "{mismatched:#?}");
+    let snapshot =
+        compile(Path::new("routes.toml"), &with("tls_listen = \"127.0.0.1:0\"", &pair("api.pem", "api.key")), 1)
+            .expect("valid");
+    assert!(snapshot.tls.is_some() && snapshot.server.tls_listen.is_some());
+}
