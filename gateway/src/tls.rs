@@ -172,6 +172,132 @@ pub fn handshake_failure_reason(error: &std::io::Error) -> &'static str {
     }
 }
 
+/// The TLS side of an `https://` upstream: whom to trust, the name to verify (and send as
+/// SNI), and the client certificate for mutual TLS.
+#[derive(Clone)]
+pub struct UpstreamTls {
+    connector: tokio_rustls::TlsConnector,
+    server_name: ServerName<'static>,
+    /// The settings it was built from, so a reload can tell whether it changed.
+    identity: TlsIdentity,
+}
+
+/// What an upstream's TLS client was built from: the files, the name, and the digest of
+/// the files' bytes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct TlsIdentity {
+    ca_file: Option<PathBuf>,
+    server_name: String,
+    client: Option<(PathBuf, PathBuf)>,
+    digest: Vec<u8>,
+}
+
+impl std::fmt::Debug for UpstreamTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UpstreamTls")
+            .field("server_name", &self.identity.server_name)
+            .field("ca_file", &self.identity.ca_file)
+            .finish()
+    }
+}
+
+impl PartialEq for UpstreamTls {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity == other.identity
+    }
+}
+
+/// Which setting of an https upstream is unusable.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UpstreamTlsError {
+    /// `ca_file`.
+    CaFile(String),
+    /// `server_name`.
+    ServerName(String),
+    /// `client_cert_file`.
+    ClientCert(String),
+    /// `client_key_file`.
+    ClientKey(String),
+}
+
+impl UpstreamTls {
+    /// Builds the client side: `ca_file` (PEM certificates) or the system's roots,
+    /// `server_name` to verify and send, the client pair for mutual TLS, and ALPN `alpn`.
+    pub fn new(
+        ca_file: Option<&Path>,
+        server_name: &str,
+        client: Option<(&Path, &Path)>,
+        alpn: &[u8],
+    ) -> Result<Self, UpstreamTlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        let mut digest_input = Vec::new();
+        match ca_file {
+            Some(path) => {
+                let pem = std::fs::read(path)
+                    .map_err(|e| UpstreamTlsError::CaFile(format!("cannot read {}: {e}", path.display())))?;
+                digest_input.extend_from_slice(&pem);
+                for cert in CertificateDer::pem_slice_iter(&pem) {
+                    let cert = cert.map_err(|e| {
+                        UpstreamTlsError::CaFile(format!("{} is not PEM certificates: {e}", path.display()))
+                    })?;
+                    roots.add(cert).map_err(|e| {
+                        UpstreamTlsError::CaFile(format!("{}: not a usable CA certificate: {e}", path.display()))
+                    })?;
+                }
+                if roots.is_empty() {
+                    return Err(UpstreamTlsError::CaFile(format!("{} holds no certificate", path.display())));
+                }
+            }
+            None => {
+                let native = rustls_native_certs::load_native_certs();
+                let (added, _) = roots.add_parsable_certificates(native.certs);
+                if added == 0 {
+                    return Err(UpstreamTlsError::CaFile(
+                        "no ca_file, and this machine has no system CA certificates to trust instead".to_owned(),
+                    ));
+                }
+            }
+        }
+        let name = ServerName::try_from(server_name.to_owned())
+            .map_err(|_| UpstreamTlsError::ServerName(format!("\"{server_name}\" is not a DNS name or IP address")))?;
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(provider::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+            .expect("ring supports TLS 1.2 and 1.3")
+            .with_root_certificates(roots);
+        let mut config = match client {
+            None => builder.with_no_client_auth(),
+            Some((cert_file, key_file)) => {
+                let pair = load_pair(cert_file, key_file).map_err(|e| match e {
+                    PairError::Certificate(m) => UpstreamTlsError::ClientCert(m),
+                    PairError::Key(m) => UpstreamTlsError::ClientKey(m),
+                })?;
+                digest_input.extend(digest_of(&[cert_file.to_owned(), key_file.to_owned()]).unwrap_or_default());
+                let key = PrivateKeyDer::from_pem_file(key_file)
+                    .map_err(|e| UpstreamTlsError::ClientKey(format!("{}: {e}", key_file.display())))?;
+                builder
+                    .with_client_auth_cert(pair.cert.clone(), key)
+                    .map_err(|e| UpstreamTlsError::ClientKey(format!("{}: {e}", key_file.display())))?
+            }
+        };
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let identity = TlsIdentity {
+            ca_file: ca_file.map(Path::to_owned),
+            server_name: server_name.to_owned(),
+            client: client.map(|(c, k)| (c.to_owned(), k.to_owned())),
+            digest: Sha256::digest(&digest_input).to_vec(),
+        };
+        Ok(UpstreamTls { connector: tokio_rustls::TlsConnector::from(Arc::new(config)), server_name: name, identity })
+    }
+
+    /// Runs the handshake on `stream`.
+    pub async fn connect(
+        &self,
+        stream: tokio::net::TcpStream,
+    ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+        self.connector.connect(self.server_name.clone(), stream).await
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -220,8 +220,16 @@ pub struct FileUpstream {
     /// The `Host` it is sent: `client` (default), `upstream` (the url's host:port) or a
     /// literal host.
     pub host_header: Option<Spanned<String>>,
-    /// `http1` (default) or `http2` (prior knowledge over `http://`).
+    /// `http1` (default) or `http2` (prior knowledge over `http://`, ALPN over `https://`).
     pub protocol: Option<Spanned<String>>,
+    /// PEM CA certificates an `https://` upstream is verified against (default: the system's).
+    pub ca_file: Option<Spanned<String>>,
+    /// Name verified and sent as SNI, when it differs from the url's host.
+    pub server_name: Option<Spanned<String>>,
+    /// Client certificate for mutual TLS, with `client_key_file`.
+    pub client_cert_file: Option<Spanned<String>>,
+    /// Client key for mutual TLS, with `client_cert_file`.
+    pub client_key_file: Option<Spanned<String>>,
 }
 
 /// `breaker = { failures = 5, window_seconds = 60, open_seconds = 30, half_open_requests = 1 }`.

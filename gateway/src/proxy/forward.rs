@@ -108,7 +108,7 @@ fn call_error(failure: CallFailure) -> ProxyError {
 /// The fallback reason for an exchange that failed.
 fn failure_reason(error: &UpstreamError) -> FallbackReason {
     match error {
-        UpstreamError::Connect { .. } => FallbackReason::ConnectError,
+        UpstreamError::Connect { .. } | UpstreamError::Tls { .. } => FallbackReason::ConnectError,
         UpstreamError::Timeout { .. } => FallbackReason::Timeout,
         UpstreamError::BodyTooLarge | UpstreamError::Exchange { .. } => FallbackReason::ExchangeError,
     }

@@ -90,6 +90,7 @@ fn upstream_failed(error: &UpstreamError) -> Rejection {
     let (status, code) = match error {
         UpstreamError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, codes::UPSTREAM_TIMEOUT),
         UpstreamError::Connect { .. } => (StatusCode::BAD_GATEWAY, codes::UPSTREAM_CONNECT_FAILED),
+        UpstreamError::Tls { .. } => (StatusCode::BAD_GATEWAY, codes::UPSTREAM_TLS_FAILED),
         UpstreamError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, codes::BODY_TOO_LARGE),
         UpstreamError::Exchange { .. } => (StatusCode::BAD_GATEWAY, codes::UPSTREAM_ERROR),
     };
@@ -100,6 +101,7 @@ fn upstream_failed(error: &UpstreamError) -> Rejection {
             format!("upstream {upstream} sent no response within {} ms", timeout.as_millis())
         }
         UpstreamError::Connect { upstream, .. } => format!("cannot connect to upstream {upstream}"),
+        UpstreamError::Tls { upstream, .. } => format!("the TLS handshake with upstream {upstream} failed"),
         UpstreamError::BodyTooLarge => "request body exceeds the limit".to_owned(),
         UpstreamError::Exchange { upstream, .. } => format!("upstream {upstream} broke the exchange"),
     };

@@ -22,7 +22,9 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
-use super::{SendFailure, UpstreamBody, UpstreamError, UpstreamSettings, connect_address, connect_tcp, exchange_error};
+use super::{
+    SendFailure, UpstreamBody, UpstreamError, UpstreamSettings, connect_address, connect_upstream, exchange_error,
+};
 
 /// Smallest interval between two sweeps of idle connections.
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -32,19 +34,21 @@ pub(crate) struct Http1 {
     /// `host:port` to connect to.
     connect_to: String,
     connect_timeout: Duration,
+    /// TLS for an `https://` upstream.
+    tls: Option<crate::tls::UpstreamTls>,
     pool: Arc<Pool>,
 }
 
 impl Http1 {
     pub(crate) fn new(settings: &UpstreamSettings, authority: &http::uri::Authority) -> Self {
-        let connect_to = connect_address(authority);
+        let connect_to = connect_address(authority, settings.tls.is_some());
         let pool = Arc::new(Pool {
             idle: Mutex::new(Vec::new()),
             max_idle: settings.pool_max_idle,
             idle_timeout: settings.pool_idle_timeout,
             sweeper_started: std::sync::Once::new(),
         });
-        Http1 { connect_to, connect_timeout: settings.connect_timeout, pool }
+        Http1 { connect_to, connect_timeout: settings.connect_timeout, tls: settings.tls.clone(), pool }
     }
 
     pub(crate) async fn exchange(
@@ -80,7 +84,7 @@ impl Http1 {
 
     async fn connect(&self, name: &Arc<str>) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
         self.pool.start_sweeper();
-        let stream = connect_tcp(name, &self.connect_to, self.connect_timeout).await?;
+        let stream = connect_upstream(name, &self.connect_to, self.connect_timeout, self.tls.as_ref()).await?;
         let connect_error = |reason: String| UpstreamError::Connect { upstream: name.clone(), reason };
         let (sender, connection) = http1::Builder::new()
             .writev(false) // one buffer per request, like the server side (see server/mod.rs)

@@ -18,7 +18,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::sync::Mutex;
 
 use super::http1::PooledBody;
-use super::{SendFailure, UpstreamBody, UpstreamError, UpstreamSettings, connect_address, connect_tcp, exchange_error};
+use super::{
+    SendFailure, UpstreamBody, UpstreamError, UpstreamSettings, connect_address, connect_upstream, exchange_error,
+};
 
 /// Headers HTTP/2 forbids on a request (RFC 9113 §8.2.2); hop-by-hop stripping removed
 /// the client's already, this also covers what a policy or a WebSocket handshake set.
@@ -29,6 +31,8 @@ pub(crate) struct Http2 {
     connect_to: String,
     authority: Authority,
     connect_timeout: Duration,
+    /// TLS for an `https://` upstream (ALPN h2).
+    tls: Option<crate::tls::UpstreamTls>,
     /// The shared connection; replaced when it closes. The lock is held only to clone the
     /// sender or to connect.
     connection: Mutex<Option<SendRequest<UpstreamBody>>>,
@@ -36,11 +40,12 @@ pub(crate) struct Http2 {
 
 impl Http2 {
     pub(crate) fn new(settings: &UpstreamSettings, authority: &Authority) -> Self {
-        let connect_to = connect_address(authority);
+        let connect_to = connect_address(authority, settings.tls.is_some());
         Http2 {
             connect_to,
             authority: authority.clone(),
             connect_timeout: settings.connect_timeout,
+            tls: settings.tls.clone(),
             connection: Mutex::new(None),
         }
     }
@@ -79,7 +84,7 @@ impl Http2 {
     }
 
     async fn connect(&self, name: &Arc<str>) -> Result<SendRequest<UpstreamBody>, UpstreamError> {
-        let stream = connect_tcp(name, &self.connect_to, self.connect_timeout).await?;
+        let stream = connect_upstream(name, &self.connect_to, self.connect_timeout, self.tls.as_ref()).await?;
         let connect_error = |reason: String| UpstreamError::Connect { upstream: name.clone(), reason };
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
@@ -111,7 +116,7 @@ impl Http2 {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
         let mut parts = request.uri().clone().into_parts();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(if self.tls.is_some() { Scheme::HTTPS } else { Scheme::HTTP });
         parts.authority = Some(authority);
         if let Ok(uri) = Uri::from_parts(parts) {
             *request.uri_mut() = uri;

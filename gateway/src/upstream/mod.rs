@@ -64,6 +64,8 @@ pub struct UpstreamSettings {
     pub host_header: HostHeader,
     /// How requests travel to it.
     pub protocol: Protocol,
+    /// For an `https://` url: trust, name and client certificate.
+    pub tls: Option<crate::tls::UpstreamTls>,
 }
 
 /// `protocol` on an upstream.
@@ -139,6 +141,14 @@ pub enum UpstreamError {
     /// The TCP connection could not be opened (refused, unreachable, connect timeout).
     #[error("cannot connect to upstream {upstream}: {reason}")]
     Connect {
+        /// Upstream name.
+        upstream: Arc<str>,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The TLS handshake failed: the certificate did not verify, or the peer refused ours.
+    #[error("TLS handshake with upstream {upstream} failed: {reason}")]
+    Tls {
         /// Upstream name.
         upstream: Arc<str>,
         /// What went wrong.
@@ -233,11 +243,84 @@ impl Upstream {
     }
 }
 
-/// `host:port` to connect to for a url's authority (port 80 when the url names none).
-pub(crate) fn connect_address(authority: &http::uri::Authority) -> String {
+/// `host:port` to connect to for a url's authority (port 80, or 443 over TLS, when the
+/// url names none).
+pub(crate) fn connect_address(authority: &http::uri::Authority, tls: bool) -> String {
     match authority.port_u16() {
         Some(_) => authority.as_str().to_owned(),
-        None => format!("{}:80", authority.host()),
+        None => format!("{}:{}", authority.host(), if tls { 443 } else { 80 }),
+    }
+}
+
+/// A connection to an upstream: TCP, or TLS over it.
+pub(crate) enum UpstreamIo {
+    /// `http://`.
+    Plain(tokio::net::TcpStream),
+    /// `https://`.
+    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for UpstreamIo {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            UpstreamIo::Tls(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for UpstreamIo {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            UpstreamIo::Tls(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            UpstreamIo::Tls(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            UpstreamIo::Tls(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Connects to an upstream (and runs the TLS handshake for an `https://` one).
+pub(crate) async fn connect_upstream(
+    name: &Arc<str>,
+    address: &str,
+    timeout: Duration,
+    tls: Option<&crate::tls::UpstreamTls>,
+) -> Result<UpstreamIo, UpstreamError> {
+    let stream = connect_tcp(name, address, timeout).await?;
+    let Some(tls) = tls else { return Ok(UpstreamIo::Plain(stream)) };
+    match tokio::time::timeout(timeout, tls.connect(stream)).await {
+        Ok(Ok(stream)) => Ok(UpstreamIo::Tls(Box::new(stream))),
+        Ok(Err(e)) => Err(UpstreamError::Tls { upstream: name.clone(), reason: e.to_string() }),
+        Err(_) => {
+            Err(UpstreamError::Tls { upstream: name.clone(), reason: format!("no handshake within {timeout:?}") })
+        }
     }
 }
 

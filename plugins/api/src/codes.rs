@@ -16,6 +16,9 @@ pub const BODY_READ_FAILED: &str = "body-read-failed";
 pub const UPSTREAM_TIMEOUT: &str = "upstream-timeout";
 /// The upstream could not be connected to.
 pub const UPSTREAM_CONNECT_FAILED: &str = "upstream-connect-failed";
+/// 502: the upstream's certificate did not verify (or the TLS handshake failed); nothing
+/// of the request was sent.
+pub const UPSTREAM_TLS_FAILED: &str = "upstream-tls-failed";
 /// The upstream broke the exchange (reset, not HTTP).
 pub const UPSTREAM_ERROR: &str = "upstream-error";
 /// The upstream's circuit breaker is open and there is nowhere else to go.

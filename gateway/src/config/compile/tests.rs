@@ -66,8 +66,8 @@ fn bad_snippets_name_line_column_and_key() {
             "11:14: upstreams.users.timeout_ms: invalid type: string \"2s\", expected u64",
         ),
         (
-            BASE.replace("http://127.0.0.1:3001", "https://127.0.0.1:3001"),
-            "10:7: upstreams.users.url: \"https://127.0.0.1:3001\": https upstreams are not supported yet",
+            BASE.replace("http://127.0.0.1:3001", "ftp://127.0.0.1:3001"),
+            "10:7: upstreams.users.url: \"ftp://127.0.0.1:3001\": write the url as http://HOST:PORT or https://HOST:PORT",
         ),
         (
             BASE.replace("http://127.0.0.1:3001", "http://127.0.0.1:3001/v1"),
@@ -528,4 +528,33 @@ fn tls_settings_name_line_column_and_key() {
         compile(Path::new("routes.toml"), &with("tls_listen = \"127.0.0.1:0\"", &pair("api.pem", "api.key")), 1)
             .expect("valid");
     assert!(snapshot.tls.is_some() && snapshot.server.tls_listen.is_some());
+}
+
+#[test]
+fn https_upstream_settings_name_line_column_and_key() {
+    let https = |extra: &str| {
+        BASE.replace("url = \"http://127.0.0.1:3001\"", &format!("url = \"https://127.0.0.1:3001\"\n{extra}"))
+    };
+    assert_each_error(&[
+        (https(&format!("ca_file = \"{FIXTURE_TLS}/missing.pem\"")), "11:11: upstreams.users.ca_file: cannot read"),
+        (https(&format!("ca_file = \"{FIXTURE_TLS}/api.key\"")), "upstreams.users.ca_file: "),
+        (
+            https(&format!("client_cert_file = \"{FIXTURE_TLS}/client.pem\"")),
+            "needs both client_cert_file and client_key_file",
+        ),
+        (
+            https(&format!(
+                "ca_file = \"{FIXTURE_TLS}/ca.pem\"\nclient_cert_file = \"{FIXTURE_TLS}/client.pem\"\nclient_key_file = \"{FIXTURE_TLS}/api.key\""
+            )),
+            "upstreams.users.client_key_file: ",
+        ),
+        (https(&format!("ca_file = \"{FIXTURE_TLS}/ca.pem\"\nserver_name = \"not a name\"")), "is not a DNS name"),
+        (
+            BASE.replace("timeout_ms = 2000", &format!("ca_file = \"{FIXTURE_TLS}/ca.pem\"")),
+            "upstreams.users.ca_file: TLS settings apply only to an https:// url",
+        ),
+    ]);
+    let snapshot =
+        compile(Path::new("routes.toml"), &https(&format!("ca_file = \"{FIXTURE_TLS}/ca.pem\"")), 1).expect("valid");
+    assert!(snapshot.upstreams["users"].settings.tls.is_some());
 }

@@ -42,7 +42,27 @@ impl Checker<'_> {
                     None
                 }
             };
-            if let (Some(authority), Some(host_header), Some(protocol)) = (authority, host_header, protocol) {
+            let tls = match (&authority, protocol) {
+                (Some((authority, true)), Some(protocol)) => self.upstream_tls(upstream, authority, protocol),
+                (Some((_, false)), _) => {
+                    for key in [
+                        &upstream.ca_file,
+                        &upstream.server_name,
+                        &upstream.client_cert_file,
+                        &upstream.client_key_file,
+                    ]
+                    .into_iter()
+                    .flatten()
+                    {
+                        self.error(span(key), "TLS settings apply only to an https:// url");
+                    }
+                    Some(None)
+                }
+                _ => None,
+            };
+            if let (Some((authority, _)), Some(host_header), Some(protocol), Some(tls)) =
+                (authority, host_header, protocol, tls)
+            {
                 let settings = UpstreamSettings {
                     name: name.get_ref().clone(),
                     url: upstream.url.get_ref().clone(),
@@ -54,6 +74,7 @@ impl Checker<'_> {
                     failure_statuses,
                     host_header,
                     protocol,
+                    tls,
                 };
                 out.push((settings, authority));
             }
@@ -109,7 +130,49 @@ impl Checker<'_> {
         (Some(settings), statuses)
     }
 
-    pub(super) fn upstream_authority(&mut self, url: &Spanned<String>) -> Option<Authority> {
+    /// The TLS client of an `https://` upstream; `Some(None)` is never returned here.
+    fn upstream_tls(
+        &mut self,
+        upstream: &FileUpstream,
+        authority: &Authority,
+        protocol: Protocol,
+    ) -> Option<Option<crate::tls::UpstreamTls>> {
+        use crate::tls::{UpstreamTls, UpstreamTlsError};
+        let path = |file: &Spanned<String>| self.config_dir.join(file.get_ref());
+        let ca_file = upstream.ca_file.as_ref().map(path);
+        let client = match (&upstream.client_cert_file, &upstream.client_key_file) {
+            (Some(cert), Some(key)) => Some((path(cert), path(key))),
+            (None, None) => None,
+            (Some(one), None) | (None, Some(one)) => {
+                self.error(span(one), "mutual TLS needs both client_cert_file and client_key_file");
+                return None;
+            }
+        };
+        let host = authority.host().trim_start_matches('[').trim_end_matches(']');
+        let server_name = upstream.server_name.as_ref().map_or(host, |n| n.get_ref().as_str());
+        let alpn: &[u8] = match protocol {
+            Protocol::Http1 => b"http/1.1",
+            Protocol::Http2 => b"h2",
+        };
+        let client_refs = client.as_ref().map(|(c, k)| (c.as_path(), k.as_path()));
+        match UpstreamTls::new(ca_file.as_deref(), server_name, client_refs, alpn) {
+            Ok(tls) => Some(Some(tls)),
+            Err(problem) => {
+                let fallback = span(&upstream.url);
+                let (at, message) = match problem {
+                    UpstreamTlsError::CaFile(m) => (upstream.ca_file.as_ref().map_or(fallback, span), m),
+                    UpstreamTlsError::ServerName(m) => (upstream.server_name.as_ref().map_or(fallback, span), m),
+                    UpstreamTlsError::ClientCert(m) => (upstream.client_cert_file.as_ref().map_or(fallback, span), m),
+                    UpstreamTlsError::ClientKey(m) => (upstream.client_key_file.as_ref().map_or(fallback, span), m),
+                };
+                self.error(at, message);
+                None
+            }
+        }
+    }
+
+    /// The url's authority, and whether it is `https://`.
+    pub(super) fn upstream_authority(&mut self, url: &Spanned<String>) -> Option<(Authority, bool)> {
         let text = url.get_ref();
         let uri = match text.parse::<Uri>() {
             Ok(uri) => uri,
@@ -119,20 +182,19 @@ impl Checker<'_> {
             }
         };
         let problem = match (uri.scheme_str(), uri.authority()) {
-            (Some("https"), _) => {
-                Some("https upstreams are not supported yet; use http:// (TLS to upstreams is planned)")
+            (Some("http" | "https"), Some(a)) if a.as_str().contains('@') => {
+                Some("credentials in the url are not allowed")
             }
-            (Some("http"), Some(a)) if a.as_str().contains('@') => Some("credentials in the url are not allowed"),
-            (Some("http"), Some(_)) if !matches!(uri.path(), "" | "/") || uri.query().is_some() => {
+            (Some("http" | "https"), Some(_)) if !matches!(uri.path(), "" | "/") || uri.query().is_some() => {
                 Some("the url must not have a path or query: the upstream receives the path the client sent")
             }
-            (Some("http"), Some(_)) => None,
-            _ => Some("write the url as http://HOST:PORT"),
+            (Some("http" | "https"), Some(_)) => None,
+            _ => Some("write the url as http://HOST:PORT or https://HOST:PORT"),
         };
         if let Some(problem) = problem {
             self.error(span(url), format!("\"{text}\": {problem}"));
             return None;
         }
-        uri.authority().cloned()
+        Some((uri.authority().cloned()?, uri.scheme_str() == Some("https")))
     }
 }
