@@ -268,7 +268,9 @@ fn serve(snapshot: Snapshot, demo: bool) -> anyhow::Result<()> {
             println!("gateway            http://{}", running.listen_addr);
             println!("admin              http://{}", running.admin_addr);
             println!("\nTry:");
-            for line in gateway::cli::demo::try_lines(&snapshot, running.listen_addr, running.admin_addr) {
+            for line in
+                gateway::cli::demo::try_lines(&snapshot, running.listen_addr, running.admin_addr, running.tls_addr)
+            {
                 println!("  {line}");
             }
             for line in gateway::cli::demo::token_lines(&snapshot, running.listen_addr) {

@@ -56,6 +56,11 @@ impl Certificates {
         Ok(Certificates { entries, files, digest })
     }
 
+    /// The first (default) certificate's file.
+    pub fn first_certificate_file(&self) -> Option<&Path> {
+        self.files.first().map(PathBuf::as_path)
+    }
+
     /// The directories the certificate and key files are in, each once.
     pub fn directories(&self) -> Vec<PathBuf> {
         let mut directories: Vec<PathBuf> = Vec::new();

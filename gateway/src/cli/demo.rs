@@ -105,8 +105,9 @@ fn echo(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     response
 }
 
-/// The lines printed for the user to try: one per route, one unmatched, the admin side.
-pub fn try_lines(snapshot: &Snapshot, listen: SocketAddr, admin: SocketAddr) -> Vec<String> {
+/// The lines printed for the user to try: one per route, one unmatched (and the same over
+/// HTTPS when `tls` is the TLS listener's address), the admin side.
+pub fn try_lines(snapshot: &Snapshot, listen: SocketAddr, admin: SocketAddr, tls: Option<SocketAddr>) -> Vec<String> {
     let mut lines = Vec::new();
     for route in &snapshot.routes {
         if let (Some(prefix), Some(service)) = (&route.prefix, &route.service) {
@@ -125,6 +126,19 @@ pub fn try_lines(snapshot: &Snapshot, listen: SocketAddr, admin: SocketAddr) -> 
         "curl -s http://{listen}/some/legacy/page   # no route -> {}",
         snapshot.default_route().monolith.name
     ));
+    if let (Some(tls), Some(certificates)) = (tls, &snapshot.tls) {
+        // The demo certificate's CA sits next to it; for other certificates curl uses the
+        // system's trust.
+        let ca = certificates.first_certificate_file().and_then(|cert| cert.parent()).map(|dir| dir.join("ca.pem"));
+        let trust = match ca.filter(|ca| ca.exists()) {
+            Some(ca) => format!("--cacert {} ", ca.display()),
+            None => String::new(),
+        };
+        lines.push(format!(
+            "curl -s {trust}https://localhost:{}/some/legacy/page   # the same over HTTPS (h2 or http/1.1 by ALPN)",
+            tls.port()
+        ));
+    }
     lines.push(format!("curl -si 'http://{listen}/api/%2e%2e/admin'   # normalised to /admin before routing"));
     for route in snapshot.routes.iter().filter(|r| r.aggregate.is_some()) {
         if let Some(aggregate) = &route.aggregate {
@@ -194,5 +208,22 @@ pub fn token_lines(snapshot: &Snapshot, listen: SocketAddr) -> Vec<String> {
         Err(e) => vec![format!(
             "\n{protected} requires a token; the demo key is unavailable ({e}). Mint one with: {mint_command}"
         )],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_bundled_config_gets_an_https_line_with_the_demo_ca() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../routes.toml");
+        let snapshot = crate::config::load(&path, 1).unwrap_or_else(|e| panic!("{e}"));
+        let (listen, admin, tls): (SocketAddr, SocketAddr, SocketAddr) =
+            ("127.0.0.1:8080".parse().unwrap(), "127.0.0.1:9901".parse().unwrap(), "127.0.0.1:8443".parse().unwrap());
+        let lines = try_lines(&snapshot, listen, admin, Some(tls));
+        let https = lines.iter().find(|l| l.contains("https://")).expect("an https line");
+        assert!(https.contains("demo/tls/ca.pem https://localhost:8443/some/legacy/page"), "{https}");
+        assert!(!try_lines(&snapshot, listen, admin, None).iter().any(|l| l.contains("https://")));
     }
 }
