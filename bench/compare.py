@@ -14,6 +14,10 @@ measures, interleaved round by round so drift hits every target alike:
   gateway  1 worker thread, access log off
   gateway, h2c upstream  the same, with `protocol = "http2"` to the upstream's h2c port:
            one multiplexed HTTP/2 connection instead of a keep-alive pool
+  nginx / gateway, HTTPS  the same nginx and gateway processes on a TLS port with the same
+           ECDSA P-256 certificate, keep-alive connections (CPU per request)
+  nginx / gateway, new TLS connections  the same ports with `Connection: close`, so every
+           request is a new TCP connection and a full handshake (requests/s = handshakes/s)
   aggregate (separate table)  a 3-part aggregate on the gateway at 4 connections, against
            one part fetched directly: the aggregate should cost the slowest part + < 1 ms
   gateway, JWT RS256 (cached)  the same, on a route that requires a token; wrk sends one
@@ -50,6 +54,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_PORT = 18080
 UPSTREAM_H2_PORT = 18079
+TLS_PORTS = {"nginx": 18087, "gateway": 18088}
+TLS_CERT = ROOT / "tests" / "fixtures" / "tls" / "api.pem"  # ECDSA P-256, for nginx and the gateway alike
+TLS_KEY = ROOT / "tests" / "fixtures" / "tls" / "api.key"
 PORTS = {"nginx": 18081, "haproxy": 18082, "gateway": 18083, "gateway-jwt": 18084, "gateway-baseline": 18085,
          "gateway-h2": 18086}
 GATEWAY_ADMIN_PORTS = {"gateway": 18093, "gateway-jwt": 18094, "gateway-baseline": 18095, "gateway-h2": 18096}
@@ -144,9 +151,10 @@ def to_ms(value, unit):
 
 def run_wrk(port, duration, connections, headers=(), path=PATH):
     header_args = [arg for header in headers for arg in ("-H", header)]
+    scheme = "https" if port in TLS_PORTS.values() else "http"
     out = subprocess.run(
         pinned(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", *header_args,
-                          f"http://127.0.0.1:{port}{path}"]),
+                          f"{scheme}://127.0.0.1:{port}{path}"]),
         capture_output=True, text=True, check=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     requests = int(re.search(r"(\d+) requests in", out).group(1))
@@ -193,6 +201,10 @@ def main():
   upstream backend {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{PORTS['nginx']} backlog=4096;
+    listen 127.0.0.1:{TLS_PORTS['nginx']} ssl backlog=4096;
+    ssl_certificate {TLS_CERT};
+    ssl_certificate_key {TLS_KEY};
+    ssl_protocols TLSv1.2 TLSv1.3;
     location / {{
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -274,6 +286,10 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
         for name, auth, binary in gateways:
             cfg = Path(work) / f"{name}.toml"
             text = gateway_config(name, auth)
+            if name == "gateway":
+                text = text.replace("access_log = false", f'access_log = false\ntls_listen = "127.0.0.1:{TLS_PORTS["gateway"]}"')
+                text = text.replace("\n[upstreams.monolith]", f'\n[server.tls]\ncertificates = [{{ cert_file = "{TLS_CERT}", '
+                                    f'key_file = "{TLS_KEY}" }}]\n\n[upstreams.monolith]')
             if name == "gateway-h2":
                 text = text.replace(f'url = "http://127.0.0.1:{UPSTREAM_PORT}"',
                                     f'url = "http://127.0.0.1:{UPSTREAM_H2_PORT}"\nprotocol = "http2"')
@@ -288,7 +304,7 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
             capture_output=True, text=True, check=True).stdout.strip()
         jwt_headers = (f"Authorization: Bearer {token}",)
         wait_port(UPSTREAM_PORT)
-        for port in PORTS.values():
+        for port in [*PORTS.values(), *TLS_PORTS.values()]:
             wait_port(port)
 
         targets = [("direct", UPSTREAM_PORT, None, ()), ("nginx", PORTS["nginx"], procs["nginx"].pid, ()),
@@ -298,6 +314,11 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
             targets.append(("gateway (baseline)", PORTS["gateway-baseline"], procs["gateway-baseline"].pid, ()))
         targets.append(("gateway, JWT RS256 (cached)", PORTS["gateway-jwt"], procs["gateway-jwt"].pid, jwt_headers))
         targets.append(("gateway, h2c upstream", PORTS["gateway-h2"], procs["gateway-h2"].pid, ()))
+        targets.append(("nginx, HTTPS", TLS_PORTS["nginx"], procs["nginx"].pid, ()))
+        targets.append(("gateway, HTTPS", TLS_PORTS["gateway"], procs["gateway"].pid, ()))
+        close = ("Connection: close",)
+        targets.append(("nginx, new TLS connections", TLS_PORTS["nginx"], procs["nginx"].pid, close))
+        targets.append(("gateway, new TLS connections", TLS_PORTS["gateway"], procs["gateway"].pid, close))
         for _, port, _, headers in targets:  # warm pools and caches
             run_wrk(port, 2, args.connections, headers)
         results = {name: [] for name, _, _, _ in targets}
