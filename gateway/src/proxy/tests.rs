@@ -629,23 +629,15 @@ async fn a_side_request_to_an_unknown_upstream_fails_cleanly() {
 
 /// The users route with every transform; `users` wants its own Host, the monolith a literal.
 fn transforms(users_host: &str, monolith_host: &str, route_extra: &str) -> Harness {
-    let base = format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-default_upstream = "monolith"
-
-[upstreams.monolith]
-url = "http://monolith.test"
-host_header = "{monolith_host}"
-
-[upstreams.users]
-url = "http://users.test:3001"
-timeout_ms = 1000
-host_header = "{users_host}"
-"#
-    );
+    let base = BASE
+        .replace(
+            "url = \"http://monolith.test\"",
+            &format!("url = \"http://monolith.test\"\nhost_header = \"{monolith_host}\""),
+        )
+        .replace(
+            "url = \"http://users.test\"",
+            &format!("url = \"http://users.test:3001\"\nhost_header = \"{users_host}\""),
+        );
     let routes = format!(
         r#"
 [[routes]]
