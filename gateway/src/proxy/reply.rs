@@ -214,6 +214,24 @@ mod tests {
         assert!(!is_grpc(http::Version::HTTP_2, &http::HeaderMap::new()));
     }
 
+    proptest::proptest! {
+        /// Any content type: gRPC exactly when it is `application/grpc` (any case) alone or
+        /// followed by `+subtype` or `;parameters`, and only over HTTP/2; never a panic.
+        #[test]
+        fn grpc_detection_never_panics_and_follows_the_prefix_rule(value in proptest::collection::vec(proptest::num::u8::ANY, 0..40), suffix in "[+;a-z0-9=]{0,8}", upper in proptest::bool::ANY) {
+            let mut headers = http::HeaderMap::new();
+            if let Ok(v) = HeaderValue::from_bytes(&value) {
+                headers.insert(CONTENT_TYPE, v);
+                let _ = is_grpc(http::Version::HTTP_2, &headers);
+            }
+            let base = if upper { "APPLICATION/GRPC" } else { "application/grpc" };
+            headers.insert(CONTENT_TYPE, HeaderValue::from_str(&format!("{base}{suffix}")).unwrap());
+            let expected = suffix.is_empty() || suffix.starts_with('+') || suffix.starts_with(';');
+            proptest::prop_assert_eq!(is_grpc(http::Version::HTTP_2, &headers), expected);
+            proptest::prop_assert!(!is_grpc(http::Version::HTTP_11, &headers));
+        }
+    }
+
     #[test]
     fn gateway_replies_to_grpc_clients_are_trailers_only_with_the_specs_statuses() {
         for (status, grpc) in [(401, "16"), (502, "14"), (503, "14"), (504, "4"), (400, "3"), (413, "8"), (429, "8")] {

@@ -150,6 +150,42 @@ mod tests {
         assert!(is_websocket(&Method::GET, Version::HTTP_11, &split), "tokens across header lines count");
     }
 
+    proptest::proptest! {
+        /// Whatever the spelling (case, spaces, commas, several header lines), a request
+        /// upgrades exactly when Connection lists `upgrade` and Upgrade lists `websocket`;
+        /// arbitrary bytes never panic.
+        #[test]
+        fn upgrade_detection_follows_the_token_lists(
+            connection in proptest::collection::vec(proptest::collection::vec(
+                proptest::sample::select(vec!["upgrade", "Upgrade", "keep-alive", "close", "x-hop", ""]), 0..3), 0..3),
+            upgrade in proptest::collection::vec(proptest::collection::vec(
+                proptest::sample::select(vec!["websocket", "WEBSOCKET", "h2c", "websocketx", "foo/1", ""]), 0..3), 0..3),
+            spaces in "[ \t]{0,2}",
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..40),
+        ) {
+            let mut headers = HeaderMap::new();
+            for (name, lines) in [(CONNECTION, &connection), (UPGRADE, &upgrade)] {
+                for line in lines {
+                    let value = line.join(&format!("{spaces},{spaces}"));
+                    if let Ok(value) = HeaderValue::from_str(&value) {
+                        headers.append(name.clone(), value);
+                    }
+                }
+            }
+            let listed = |name: &http::HeaderName, token: &str| {
+                headers.get_all(name).iter().any(|v| {
+                    v.to_str().unwrap_or("").split(',').any(|t| t.trim().eq_ignore_ascii_case(token))
+                })
+            };
+            let expected = listed(&CONNECTION, "upgrade") && listed(&UPGRADE, "websocket");
+            proptest::prop_assert_eq!(is_websocket(&Method::GET, Version::HTTP_11, &headers), expected);
+            if let Ok(value) = HeaderValue::from_bytes(&noise) {
+                headers.append(UPGRADE, value);
+                let _ = is_websocket(&Method::GET, Version::HTTP_11, &headers);
+            }
+        }
+    }
+
     #[test]
     fn only_a_101_for_websocket_starts_a_relay() {
         // A request hyper did not serve has nothing to hand over.

@@ -278,3 +278,21 @@ async fn an_upstream_that_switches_to_another_protocol_gets_a_502() {
     assert!(!bytes.contains("RAW-BYTES"), "nothing is relayed: {bytes}");
     task.abort();
 }
+
+#[tokio::test]
+async fn shutdown_waits_for_an_open_socket_within_the_grace_period() {
+    let mut w = world().await;
+    let user = [("x-user", "user-1".to_owned())];
+    let mut socket = connect(&ws_url(&w, "/chat/room"), &user).await.expect("upgrade");
+    let first = round_trip(&mut socket, Message::text("before")).await;
+    let running = w.gateway.running.take().expect("running");
+    running.shutdown();
+    let stopped = tokio::spawn(running.wait());
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(!stopped.is_finished(), "the open socket holds the drain");
+    let side = if first == Message::text("service: before") { "service" } else { "monolith" };
+    assert_eq!(round_trip(&mut socket, Message::text("during")).await, Message::text(format!("{side}: during")));
+    socket.close(None).await.expect("close");
+    drop(socket);
+    tokio::time::timeout(IO_TIMEOUT, stopped).await.expect("the gateway stops once the socket closed").expect("joined");
+}
