@@ -235,12 +235,10 @@ impl UpstreamTls {
         alpn: &[u8],
     ) -> Result<Self, UpstreamTlsError> {
         let mut roots = rustls::RootCertStore::empty();
-        let mut digest_input = Vec::new();
         match ca_file {
             Some(path) => {
                 let pem = std::fs::read(path)
                     .map_err(|e| UpstreamTlsError::CaFile(format!("cannot read {}: {e}", path.display())))?;
-                digest_input.extend_from_slice(&pem);
                 for cert in CertificateDer::pem_slice_iter(&pem) {
                     let cert = cert.map_err(|e| {
                         UpstreamTlsError::CaFile(format!("{} is not PEM certificates: {e}", path.display()))
@@ -272,24 +270,23 @@ impl UpstreamTls {
         let mut config = match client {
             None => builder.with_no_client_auth(),
             Some((cert_file, key_file)) => {
+                // The same checks as a server pair (readable, PEM, matching), read once.
                 let pair = load_pair(cert_file, key_file).map_err(|e| match e {
                     PairError::Certificate(m) => UpstreamTlsError::ClientCert(m),
                     PairError::Key(m) => UpstreamTlsError::ClientKey(m),
                 })?;
-                digest_input.extend(digest_of(&[cert_file.to_owned(), key_file.to_owned()]).unwrap_or_default());
-                let key = PrivateKeyDer::from_pem_file(key_file)
-                    .map_err(|e| UpstreamTlsError::ClientKey(format!("{}: {e}", key_file.display())))?;
-                builder
-                    .with_client_auth_cert(pair.cert.clone(), key)
-                    .map_err(|e| UpstreamTlsError::ClientKey(format!("{}: {e}", key_file.display())))?
+                builder.with_client_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(pair)))
             }
         };
         config.alpn_protocols = vec![alpn.to_vec()];
+        // The bytes of every file it read, so a reload notices a renewed CA or client pair.
+        let files: Vec<PathBuf> =
+            ca_file.into_iter().chain(client.into_iter().flat_map(|(c, k)| [c, k])).map(Path::to_owned).collect();
         let identity = TlsIdentity {
             ca_file: ca_file.map(Path::to_owned),
             server_name: server_name.to_owned(),
             client: client.map(|(c, k)| (c.to_owned(), k.to_owned())),
-            digest: Sha256::digest(&digest_input).to_vec(),
+            digest: digest_of(&files).unwrap_or_default(),
         };
         Ok(UpstreamTls { connector: tokio_rustls::TlsConnector::from(Arc::new(config)), server_name: name, identity })
     }

@@ -142,7 +142,7 @@ async fn run(
     // A WebSocket: the client connection, handed over once the upstream answers 101.
     let pending = match websocket {
         true => parts.extensions.remove::<hyper::upgrade::OnUpgrade>().map(|client| {
-            upgrade::restore_request_headers(&mut parts.headers);
+            upgrade::restore_handshake_headers(&mut parts.headers);
             upgrade::PendingUpgrade { client, route: route.name.clone() }
         }),
         false => None,
@@ -303,7 +303,7 @@ fn respond(in_flight: &mut InFlight, result: Result<Response<ResponseBody>, Prox
             headers::strip_hop_by_hop(response.headers_mut());
             if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                 // Only an accepted WebSocket upgrade gets here (see `upgrade::accept`).
-                upgrade::restore_response_headers(response.headers_mut());
+                upgrade::restore_handshake_headers(response.headers_mut());
             }
             response
         }

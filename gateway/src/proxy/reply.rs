@@ -137,16 +137,8 @@ pub(crate) fn render(rejection: Rejection, request_id: &HeaderValue) -> Response
 /// `+json`, ...). Only HTTP/2 requests are looked at: gRPC needs it, so an HTTP/1.1
 /// request costs no header lookup.
 pub(crate) fn is_grpc(version: http::Version, headers: &http::HeaderMap) -> bool {
-    version == http::Version::HTTP_2
-        && headers.get(CONTENT_TYPE).is_some_and(|v| {
-            let v = v.as_bytes();
-            v.len() >= GRPC.len()
-                && v[..GRPC.len()].eq_ignore_ascii_case(GRPC.as_bytes())
-                && matches!(v.get(GRPC.len()), None | Some(b'+' | b';'))
-        })
+    version == http::Version::HTTP_2 && crate::upstream::is_grpc_content_type(headers)
 }
-
-const GRPC: &str = "application/grpc";
 
 /// The gRPC status for a gateway reply of HTTP status `status` (the SPEC's five, and the
 /// usual mapping for the rest).

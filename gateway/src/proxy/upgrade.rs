@@ -47,9 +47,10 @@ fn lists_token(headers: &HeaderMap, name: &http::HeaderName, token: &str) -> boo
         .any(|item| item.trim().eq_ignore_ascii_case(token))
 }
 
-/// Puts back the two headers a WebSocket handshake needs on the outgoing request, after
-/// hop-by-hop stripping removed them (and every other upgrade token with them).
-pub(crate) fn restore_request_headers(headers: &mut HeaderMap) {
+/// Puts back the two headers a WebSocket handshake needs (on the request to the upstream,
+/// and on its 101 to the client), after hop-by-hop stripping removed them and every other
+/// upgrade token with them.
+pub(crate) fn restore_handshake_headers(headers: &mut HeaderMap) {
     headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
 }
@@ -77,11 +78,6 @@ pub(crate) fn accept<B>(pending: PendingUpgrade, response: &mut Response<B>) -> 
     let upstream = hyper::upgrade::on(&mut *response);
     tokio::spawn(relay(pending, upstream));
     Ok(())
-}
-
-/// The headers a 101 keeps when the rest of the hop-by-hop headers are stripped.
-pub(crate) fn restore_response_headers(headers: &mut HeaderMap) {
-    restore_request_headers(headers);
 }
 
 async fn relay(pending: PendingUpgrade, upstream: OnUpgrade) {

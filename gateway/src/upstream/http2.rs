@@ -112,7 +112,7 @@ impl Http2 {
         for name in &CONNECTION_SPECIFIC {
             headers.remove(name);
         }
-        if headers.get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")) {
+        if super::is_grpc_content_type(headers) {
             headers.insert(header::TE, HeaderValue::from_static("trailers"));
         }
         let mut parts = request.uri().clone().into_parts();

@@ -352,6 +352,18 @@ pub(crate) fn exchange_error(name: &Arc<str>, error: hyper::Error) -> UpstreamEr
     }
 }
 
+/// True when `content-type` is gRPC's: `application/grpc` (any case) alone or followed by
+/// `+subtype` or `;parameters`.
+pub(crate) fn is_grpc_content_type(headers: &HeaderMap) -> bool {
+    const GRPC: &[u8] = b"application/grpc";
+    headers.get(header::CONTENT_TYPE).is_some_and(|v| {
+        let v = v.as_bytes();
+        v.len() >= GRPC.len()
+            && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+            && matches!(v.get(GRPC.len()), None | Some(b'+' | b';'))
+    })
+}
+
 /// True when `E` is anywhere in the error's source chain.
 pub(crate) fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
     let mut current = Some(error);
