@@ -5,7 +5,7 @@
 //! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
 //! let snapshot = gateway::config::load(std::path::Path::new("routes.toml"), 1)?;
 //! let running = gateway::server::start(snapshot).await?;
-//! println!("serving on {}", running.listen_addr);
+//! println!("serving on {:?}", running.listen_addr);
 //! running.shutdown();
 //! running.wait().await;
 //! # Ok(()) }

@@ -258,14 +258,20 @@ fn serve(snapshot: Snapshot, demo: bool) -> anyhow::Result<()> {
         }
         let running = gateway::server::start(snapshot).await?;
         tracing::info!(
-            listen = %running.listen_addr,
+            listen = ?running.listen_addr,
+            tls_listen = ?running.tls_addr,
             admin = %running.admin_addr,
             version = running.gateway.snapshot().meta.version,
             "gateway started"
         );
         if demo {
             let snapshot = running.gateway.snapshot();
-            println!("gateway            http://{}", running.listen_addr);
+            if let Some(listen) = running.listen_addr {
+                println!("gateway            http://{listen}");
+            }
+            if let Some(tls) = running.tls_addr {
+                println!("gateway            https://{tls}");
+            }
             println!("admin              http://{}", running.admin_addr);
             println!("\nTry:");
             for line in
@@ -273,8 +279,10 @@ fn serve(snapshot: Snapshot, demo: bool) -> anyhow::Result<()> {
             {
                 println!("  {line}");
             }
-            for line in gateway::cli::demo::token_lines(&snapshot, running.listen_addr) {
-                println!("{line}");
+            if let Some(origin) = gateway::cli::demo::Origin::pick(&snapshot, running.listen_addr, running.tls_addr) {
+                for line in gateway::cli::demo::token_lines(&snapshot, &origin) {
+                    println!("{line}");
+                }
             }
             println!("\nCtrl-C stops the demo.");
         }

@@ -34,8 +34,8 @@ pub struct ConfigMeta {
 /// `[server]`, validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServerSettings {
-    /// Client-facing listener.
-    pub listen: SocketAddr,
+    /// Client-facing plain-HTTP listener; absent when only `tls_listen` serves.
+    pub listen: Option<SocketAddr>,
     /// Admin listener.
     pub admin_listen: SocketAddr,
     /// Runtime worker threads.

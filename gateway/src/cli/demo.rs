@@ -105,9 +105,73 @@ fn echo(name: &str, request: &Request<Incoming>) -> Response<Full<Bytes>> {
     response
 }
 
+/// Where the printed curl lines send requests: the plain listener, or the HTTPS one (with
+/// the trust curl needs) when the config has no plain listener.
+pub struct Origin {
+    /// curl options that must come before the URL (`--cacert FILE `), or empty.
+    trust: String,
+    /// `http://IP:PORT` or `https://localhost:PORT`.
+    url: String,
+}
+
+impl Origin {
+    /// The plain listener when there is one, else the HTTPS listener; `None` for neither.
+    pub fn pick(snapshot: &Snapshot, listen: Option<SocketAddr>, tls: Option<SocketAddr>) -> Option<Origin> {
+        match (listen, tls) {
+            (Some(listen), _) => Some(Origin { trust: String::new(), url: format!("http://{listen}") }),
+            (None, Some(tls)) => Some(Origin::https(snapshot, tls)),
+            (None, None) => None,
+        }
+    }
+
+    fn https(snapshot: &Snapshot, tls: SocketAddr) -> Origin {
+        // The demo certificate's CA sits next to it; for other certificates curl uses the
+        // system's trust.
+        let ca = snapshot
+            .tls
+            .as_ref()
+            .and_then(|certificates| certificates.first_certificate_file())
+            .and_then(|cert| cert.parent())
+            .map(|dir| dir.join("ca.pem"));
+        let trust = match ca.filter(|ca| ca.exists()) {
+            Some(ca) => format!("--cacert {} ", ca.display()),
+            None => String::new(),
+        };
+        Origin { trust, url: format!("https://localhost:{}", tls.port()) }
+    }
+
+    /// `curl {flags} {trust}{url}{path}`, the URL quoted when `quote` is set.
+    fn curl(&self, flags: &str, path: &str, quote: bool) -> String {
+        let q = if quote { "'" } else { "" };
+        format!("curl {flags} {}{q}{}{path}{q}", self.trust, self.url)
+    }
+}
+
 /// The lines printed for the user to try: one per route, one unmatched (and the same over
 /// HTTPS when `tls` is the TLS listener's address), the admin side.
-pub fn try_lines(snapshot: &Snapshot, listen: SocketAddr, admin: SocketAddr, tls: Option<SocketAddr>) -> Vec<String> {
+pub fn try_lines(
+    snapshot: &Snapshot,
+    listen: Option<SocketAddr>,
+    admin: SocketAddr,
+    tls: Option<SocketAddr>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(origin) = Origin::pick(snapshot, listen, tls) {
+        lines.extend(data_plane_lines(snapshot, &origin));
+        if let (Some(_), Some(tls)) = (listen, tls) {
+            let https = Origin::https(snapshot, tls);
+            lines.push(format!(
+                "{}   # the same over HTTPS (h2 or http/1.1 by ALPN)",
+                https.curl("-s", "/some/legacy/page", false)
+            ));
+        }
+    }
+    lines.push(format!("curl -s http://{admin}/metrics | grep '^gateway_requests_total' | grep -v ' 0$'"));
+    lines.push(format!("curl -s http://{admin}/admin/config"));
+    lines
+}
+
+fn data_plane_lines(snapshot: &Snapshot, origin: &Origin) -> Vec<String> {
     let mut lines = Vec::new();
     for route in &snapshot.routes {
         if let (Some(prefix), Some(service)) = (&route.prefix, &route.service) {
@@ -117,41 +181,29 @@ pub fn try_lines(snapshot: &Snapshot, listen: SocketAddr, admin: SocketAddr, tls
                 gateway_plugin_auth::AuthMode::Off => "",
             };
             lines.push(format!(
-                "curl -s http://{listen}{prefix}/42        # route {} -> service {}{note}",
-                route.name, service.name
+                "{}        # route {} -> service {}{note}",
+                origin.curl("-s", &format!("{prefix}/42"), false),
+                route.name,
+                service.name
             ));
         }
     }
     lines.push(format!(
-        "curl -s http://{listen}/some/legacy/page   # no route -> {}",
+        "{}   # no route -> {}",
+        origin.curl("-s", "/some/legacy/page", false),
         snapshot.default_route().monolith.name
     ));
-    if let (Some(tls), Some(certificates)) = (tls, &snapshot.tls) {
-        // The demo certificate's CA sits next to it; for other certificates curl uses the
-        // system's trust.
-        let ca = certificates.first_certificate_file().and_then(|cert| cert.parent()).map(|dir| dir.join("ca.pem"));
-        let trust = match ca.filter(|ca| ca.exists()) {
-            Some(ca) => format!("--cacert {} ", ca.display()),
-            None => String::new(),
-        };
-        lines.push(format!(
-            "curl -s {trust}https://localhost:{}/some/legacy/page   # the same over HTTPS (h2 or http/1.1 by ALPN)",
-            tls.port()
-        ));
-    }
-    lines.push(format!("curl -si 'http://{listen}/api/%2e%2e/admin'   # normalised to /admin before routing"));
+    lines.push(format!("{}   # normalised to /admin before routing", origin.curl("-si", "/api/%2e%2e/admin", true)));
     for route in snapshot.routes.iter().filter(|r| r.aggregate.is_some()) {
         if let Some(aggregate) = &route.aggregate {
             lines.push(format!(
-                "curl -s -H \"Authorization: Bearer $TOKEN\" http://{listen}{}   # aggregate {}: {} parts in parallel",
-                aggregate.path,
+                "{}   # aggregate {}: {} parts in parallel",
+                origin.curl("-s -H \"Authorization: Bearer $TOKEN\"", &aggregate.path, false),
                 aggregate.name,
                 aggregate.parts.len()
             ));
         }
     }
-    lines.push(format!("curl -s http://{admin}/metrics | grep '^gateway_requests_total' | grep -v ' 0$'"));
-    lines.push(format!("curl -s http://{admin}/admin/config"));
     lines
 }
 
@@ -162,7 +214,7 @@ pub fn now_unix() -> u64 {
 
 /// When the config checks tokens: a ready-to-paste token minted with the demo key, and
 /// the curl lines that use it.
-pub fn token_lines(snapshot: &Snapshot, listen: SocketAddr) -> Vec<String> {
+pub fn token_lines(snapshot: &Snapshot, origin: &Origin) -> Vec<String> {
     let Some(auth) = &snapshot.auth else {
         return Vec::new();
     };
@@ -196,9 +248,10 @@ pub fn token_lines(snapshot: &Snapshot, listen: SocketAddr) -> Vec<String> {
             format!("\n{protected} requires a token. One for alice, valid for an hour, signed with the demo key:"),
             format!("  export TOKEN={token}"),
             format!(
-                "  curl -s -H \"Authorization: Bearer $TOKEN\" http://{listen}{protected}/42   # the service sees x-user-id: alice"
+                "  {}   # the service sees x-user-id: alice",
+                origin.curl("-s -H \"Authorization: Bearer $TOKEN\"", &format!("{protected}/42"), false)
             ),
-            format!("  curl -si http://{listen}{protected}/42   # no token -> 401 jwt-missing"),
+            format!("  {}   # no token -> 401 jwt-missing", origin.curl("-si", &format!("{protected}/42"), false)),
             format!("Mint others with: {mint_command}"),
             format!(
                 "Which side would bob get, and why? gateway explain --config {} GET {protected}/42 --claim sub=bob",
@@ -221,9 +274,28 @@ mod tests {
         let snapshot = crate::config::load(&path, 1).unwrap_or_else(|e| panic!("{e}"));
         let (listen, admin, tls): (SocketAddr, SocketAddr, SocketAddr) =
             ("127.0.0.1:8080".parse().unwrap(), "127.0.0.1:9901".parse().unwrap(), "127.0.0.1:8443".parse().unwrap());
-        let lines = try_lines(&snapshot, listen, admin, Some(tls));
-        let https = lines.iter().find(|l| l.contains("https://")).expect("an https line");
-        assert!(https.contains("demo/tls/ca.pem https://localhost:8443/some/legacy/page"), "{https}");
-        assert!(!try_lines(&snapshot, listen, admin, None).iter().any(|l| l.contains("https://")));
+        let lines = try_lines(&snapshot, Some(listen), admin, Some(tls));
+        let https: Vec<_> = lines.iter().filter(|l| l.contains("https://")).collect();
+        assert_eq!(https.len(), 1, "{lines:#?}");
+        assert!(https[0].contains("demo/tls/ca.pem https://localhost:8443/some/legacy/page"), "{}", https[0]);
+        assert!(!try_lines(&snapshot, Some(listen), admin, None).iter().any(|l| l.contains("https://")));
+    }
+
+    #[test]
+    fn without_a_plain_listener_every_data_plane_line_uses_https_with_the_demo_ca() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../routes.toml");
+        let snapshot = crate::config::load(&path, 1).unwrap_or_else(|e| panic!("{e}"));
+        let (admin, tls): (SocketAddr, SocketAddr) =
+            ("127.0.0.1:9901".parse().unwrap(), "127.0.0.1:8443".parse().unwrap());
+        let lines = try_lines(&snapshot, None, admin, Some(tls));
+        let data_plane: Vec<_> = lines.iter().filter(|l| !l.contains("9901")).collect();
+        assert!(data_plane.len() >= 3, "{lines:#?}");
+        for line in data_plane {
+            assert!(line.contains("--cacert ") && line.contains("https://localhost:8443/"), "{line}");
+            assert!(!line.contains("http://"), "{line}");
+        }
+        let origin = Origin::pick(&snapshot, None, Some(tls)).expect("an origin");
+        let tokens = token_lines(&snapshot, &origin);
+        assert!(tokens.iter().any(|l| l.contains("--cacert ") && l.contains("https://localhost:8443/")), "{tokens:#?}");
     }
 }

@@ -102,8 +102,8 @@ pub enum FileSide {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileServer {
-    /// Client-facing listener, `IP:PORT`.
-    pub listen: Spanned<String>,
+    /// Client-facing plain-HTTP listener, `IP:PORT`; optional when `tls_listen` is set.
+    pub listen: Option<Spanned<String>>,
     /// Admin listener (health, metrics, config), `IP:PORT`; loopback by default.
     pub admin_listen: Option<Spanned<String>>,
     /// Upstream that serves every request no route matches (the trunk).

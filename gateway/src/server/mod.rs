@@ -55,8 +55,8 @@ pub enum StartError {
 
 /// A started gateway.
 pub struct RunningGateway {
-    /// Where the data plane listens.
-    pub listen_addr: SocketAddr,
+    /// Where the plain-HTTP data plane listens, when `listen` is set.
+    pub listen_addr: Option<SocketAddr>,
     /// Where the admin endpoints listen.
     pub admin_addr: SocketAddr,
     /// Where HTTPS is served, when `tls_listen` is set.
@@ -96,43 +96,20 @@ impl RunningGateway {
 /// Binds the listeners and starts serving `snapshot`.
 pub async fn start(snapshot: Snapshot) -> Result<RunningGateway, StartError> {
     let settings = snapshot.server.clone();
-    let bind = |addr: SocketAddr, what: &'static str| async move {
-        TcpListener::bind(addr).await.map_err(|source| StartError::Bind { addr, what, source })
-    };
-    let listener = bind(settings.listen, "server.listen").await?;
-    let admin_listener = bind(settings.admin_listen, "server.admin_listen").await?;
-    let listen_addr = listener.local_addr().map_err(|source| StartError::Bind {
-        addr: settings.listen,
-        what: "server.listen",
-        source,
-    })?;
-    let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind {
-        addr: settings.admin_listen,
-        what: "server.admin_listen",
-        source,
-    })?;
-
-    let tls_listener = match settings.tls_listen {
-        Some(addr) => Some(bind(addr, "server.tls_listen").await?),
-        None => None,
-    };
-    let tls_addr = match &tls_listener {
-        Some(listener) => Some(listener.local_addr().map_err(|source| StartError::Bind {
-            addr: settings.tls_listen.unwrap_or(settings.listen),
-            what: "server.tls_listen",
-            source,
-        })?),
-        None => None,
-    };
+    let (listener, listen_addr) = bind_optional(settings.listen, "server.listen").await?;
+    let (admin_listener, admin_addr) = bind(settings.admin_listen, "server.admin_listen").await?;
+    let (tls_listener, tls_addr) = bind_optional(settings.tls_listen, "server.tls_listen").await?;
 
     let gateway = Arc::new(Gateway::new(snapshot));
     let (shutdown, shutdown_rx) = watch::channel(false);
     let (reload_triggers, watcher) = reload::start(gateway.clone(), shutdown_rx.clone());
     let mut tasks = vec![
-        tokio::spawn(serve_proxy(listener, None, gateway.clone(), shutdown_rx.clone())),
         tokio::spawn(admin::serve(admin_listener, gateway.clone(), shutdown_rx.clone())),
         tokio::spawn(metrics_upkeep(gateway.metrics.clone(), shutdown_rx.clone())),
     ];
+    if let Some(listener) = listener {
+        tasks.push(tokio::spawn(serve_proxy(listener, None, gateway.clone(), shutdown_rx.clone())));
+    }
     if let Some(tls_listener) = tls_listener {
         // Each handshake picks from the certificates of the snapshot serving then.
         let current = gateway.clone();
@@ -151,6 +128,24 @@ pub async fn start(snapshot: Snapshot) -> Result<RunningGateway, StartError> {
         reload_triggers,
         _watcher: watcher,
     })
+}
+
+/// Binds one listener and reads back its address (the port the OS chose for `:0`).
+async fn bind(addr: SocketAddr, what: &'static str) -> Result<(TcpListener, SocketAddr), StartError> {
+    let failed = |source| StartError::Bind { addr, what, source };
+    let listener = TcpListener::bind(addr).await.map_err(failed)?;
+    let bound = listener.local_addr().map_err(failed)?;
+    Ok((listener, bound))
+}
+
+async fn bind_optional(
+    addr: Option<SocketAddr>,
+    what: &'static str,
+) -> Result<(Option<TcpListener>, Option<SocketAddr>), StartError> {
+    match addr {
+        Some(addr) => bind(addr, what).await.map(|(listener, bound)| (Some(listener), Some(bound))),
+        None => Ok((None, None)),
+    }
 }
 
 fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {

@@ -28,7 +28,7 @@ timeout_ms = 1000
 pub struct TestGateway {
     /// The running gateway.
     pub running: Option<RunningGateway>,
-    /// Data-plane address.
+    /// Plain-HTTP data-plane address (`0.0.0.0:0` when the config serves only HTTPS).
     pub addr: SocketAddr,
     /// Admin address.
     pub admin: SocketAddr,
@@ -51,7 +51,7 @@ impl TestGateway {
         let snapshot = gateway::config::load(&path, 1).unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
         let running = gateway::server::start(snapshot).await.expect("start the gateway");
         TestGateway {
-            addr: running.listen_addr,
+            addr: running.listen_addr.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             admin: running.admin_addr,
             running: Some(running),
             config_path: path,

@@ -7,7 +7,7 @@ use std::path::Path;
 fn the_bundled_routes_toml_compiles_to_the_documented_routes() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../routes.toml");
     let snapshot = gateway::config::load(&path, 1).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(snapshot.server.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(snapshot.server.listen, Some("127.0.0.1:8080".parse().unwrap()));
     assert_eq!(snapshot.server.admin_listen.to_string(), "127.0.0.1:9901");
     let upstreams: Vec<(&str, &str)> =
         snapshot.upstreams.iter().map(|(name, u)| (name.as_str(), u.settings.url.as_str())).collect();

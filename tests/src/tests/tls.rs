@@ -25,6 +25,10 @@ fn leaf(name: &str) -> CertificateDer<'static> {
 
 /// A gateway with `api` (the default) and `admin` certificates, copied next to its config.
 async fn world() -> (RunningMock, TestGateway) {
+    world_with_plain_listener(true).await
+}
+
+async fn world_with_plain_listener(plain: bool) -> (RunningMock, TestGateway) {
     let monolith = MockUpstream::new("monolith").start().await;
     let dir = tempfile::tempdir().expect("a temporary directory");
     for file in ["api.pem", "api.key", "admin.pem", "admin.key"] {
@@ -35,6 +39,7 @@ async fn world() -> (RunningMock, TestGateway) {
         "\n[server.tls]\ncertificates = [\n  { cert_file = \"api.pem\", key_file = \"api.key\" },\n  \
          { cert_file = \"admin.pem\", key_file = \"admin.key\" },\n]\n\n[upstreams.monolith]",
     );
+    let config = if plain { config } else { config.replace("listen = \"127.0.0.1:0\"\nadmin_listen", "admin_listen") };
     let path = dir.path().join("routes.toml");
     std::fs::write(&path, config).expect("write the config");
     (monolith, TestGateway::start_at(dir, path).await)
@@ -143,8 +148,19 @@ async fn sni_picks_the_certificate_and_alpn_offers_h2_and_http1() {
 #[tokio::test]
 async fn requests_over_tls_are_proxied_as_https() {
     let (monolith, gateway) = world().await;
+    proxies_over_tls_as_https(&monolith, &gateway).await;
+}
+
+#[tokio::test]
+async fn a_gateway_without_a_plain_listener_serves_https_only() {
+    let (monolith, gateway) = world_with_plain_listener(false).await;
+    assert_eq!(gateway.running.as_ref().expect("running").listen_addr, None);
+    proxies_over_tls_as_https(&monolith, &gateway).await;
+}
+
+async fn proxies_over_tls_as_https(monolith: &RunningMock, gateway: &TestGateway) {
     for alpn in [&b"h2"[..], &b"http/1.1"[..]] {
-        let (stream, _, _) = handshake(&gateway, "api.test", &[alpn]).await;
+        let (stream, _, _) = handshake(gateway, "api.test", &[alpn]).await;
         let io = TokioIo::new(stream);
         let request =
             http::Request::get("/orders/1").header("host", "api.test").body(Full::<Bytes>::default()).unwrap();

@@ -8,12 +8,22 @@ impl Checker<'_> {
         server: &FileServer,
         upstreams: &BTreeMap<Spanned<String>, FileUpstream>,
     ) -> Option<ServerSettings> {
-        let listen = self.socket_addr(&server.listen);
+        // Errors about keys that are absent point at `default_upstream`, the one key
+        // [server] always has.
+        let anchor = span(&server.default_upstream);
+        let listen = match &server.listen {
+            Some(listen) => self.socket_addr(listen).map(Some),
+            None if server.tls_listen.is_some() => Some(None),
+            None => {
+                self.error(anchor.clone(), "give server.listen, server.tls_listen, or both");
+                None
+            }
+        };
         let admin_listen = match &server.admin_listen {
             Some(admin) => self.socket_addr(admin),
             None => Some(DEFAULT_ADMIN_LISTEN.parse().expect("the default admin address parses")),
         };
-        if let (Some(l), Some(a), Some(admin)) = (listen, admin_listen, &server.admin_listen)
+        if let (Some(Some(l)), Some(a), Some(admin)) = (listen, admin_listen, &server.admin_listen)
             && l == a
             && l.port() != 0
         {
@@ -41,7 +51,7 @@ impl Checker<'_> {
         for (name, upstream) in upstreams {
             let timeout = upstream.timeout_ms.as_ref().map_or(DEFAULT_UPSTREAM_TIMEOUT_MS, |t| *t.get_ref());
             if timeout >= idle_timeout {
-                let at = server.idle_timeout_ms.as_ref().map_or_else(|| span(&server.listen), span);
+                let at = server.idle_timeout_ms.as_ref().map_or_else(|| anchor.clone(), span);
                 self.error(
                     at,
                     format!(
@@ -57,9 +67,9 @@ impl Checker<'_> {
             let fixed = [
                 (
                     "server.listen",
-                    listen.map(|a| a.to_string()),
-                    previous.listen.to_string(),
-                    Some(span(&server.listen)),
+                    listen.map(display_listen),
+                    display_listen(previous.listen),
+                    server.listen.as_ref().map(span),
                 ),
                 (
                     "server.admin_listen",
@@ -77,7 +87,7 @@ impl Checker<'_> {
             for (key, now, before, at) in fixed {
                 if now.as_ref().is_some_and(|now| *now != before) {
                     self.error(
-                        at.unwrap_or_else(|| span(&server.listen)),
+                        at.unwrap_or_else(|| anchor.clone()),
                         format!(
                             "{key} changed from {before} to {}: it cannot change while the gateway runs; \
                              restart to apply it (the running config keeps serving)",
@@ -94,11 +104,10 @@ impl Checker<'_> {
             _ => {}
         }
         if let (Some(previous), Some(now)) =
-            (self.previous.map(|p| &p.server), tls_listen.as_ref().map(|(addr, _)| *addr))
-            && now.is_some()
+            (self.previous.map(|p| &p.server), tls_listen.as_ref().map_or(Some(None), |(addr, _)| addr.map(Some)))
             && previous.tls_listen != now
         {
-            let at = server.tls_listen.as_ref().map_or_else(|| span(&server.listen), span);
+            let at = server.tls_listen.as_ref().map_or_else(|| anchor.clone(), span);
             self.error(at, "server.tls_listen cannot change while the gateway runs; restart to apply it");
         }
         let mut trusted_proxies = Vec::new();
@@ -159,4 +168,9 @@ impl Checker<'_> {
             }
         }
     }
+}
+
+/// A listener address as the reload error names it; "none" when it is not set.
+fn display_listen(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "none".to_owned(), |addr| addr.to_string())
 }

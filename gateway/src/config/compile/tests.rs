@@ -531,6 +531,24 @@ fn tls_settings_name_line_column_and_key() {
 }
 
 #[test]
+fn listen_is_optional_only_when_tls_listen_serves() {
+    let pair = format!(
+        "[server.tls]\ncertificates = [{{ cert_file = \"{FIXTURE_TLS}/api.pem\", key_file = \"{FIXTURE_TLS}/api.key\" }}]"
+    );
+    let no_listen = BASE.replace("listen = \"127.0.0.1:8080\"\n", "");
+    assert_each_error(&[(
+        no_listen.clone(),
+        "server.default_upstream: give server.listen, server.tls_listen, or both",
+    )]);
+    let tls_only = no_listen
+        .replace("default_upstream = \"monolith\"", "default_upstream = \"monolith\"\ntls_listen = \"127.0.0.1:0\"")
+        .replace("\n[upstreams.monolith]", &format!("\n{pair}\n[upstreams.monolith]"));
+    let snapshot = compile(Path::new("routes.toml"), &tls_only, 1).expect("valid without a plain listener");
+    assert_eq!(snapshot.server.listen, None);
+    assert!(snapshot.server.tls_listen.is_some());
+}
+
+#[test]
 fn https_upstream_settings_name_line_column_and_key() {
     let https = |extra: &str| {
         BASE.replace("url = \"http://127.0.0.1:3001\"", &format!("url = \"https://127.0.0.1:3001\"\n{extra}"))
