@@ -5,6 +5,7 @@ mod breaker;
 mod config;
 mod deploy;
 mod grpc;
+mod grpc_tonic;
 mod http2;
 mod https_upstream;
 mod hygiene;
