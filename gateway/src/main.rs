@@ -257,9 +257,11 @@ fn serve(snapshot: Snapshot, demo: bool) -> anyhow::Result<()> {
             }
         }
         let running = gateway::server::start(snapshot).await?;
+        let (listen, tls_listen) =
+            (running.listen_addr.map(|a| a.to_string()), running.tls_addr.map(|a| a.to_string()));
         tracing::info!(
-            listen = ?running.listen_addr,
-            tls_listen = ?running.tls_addr,
+            listen = listen.as_deref(),
+            tls_listen = tls_listen.as_deref(),
             admin = %running.admin_addr,
             version = running.gateway.snapshot().meta.version,
             "gateway started"

@@ -54,10 +54,41 @@ pub struct ServerSettings {
     pub shutdown_grace: Duration,
     /// Whether to write access-log lines.
     pub access_log: bool,
+    /// What happens to request headers whose names contain `_`.
+    pub underscore_headers: UnderscoreHeaders,
+    /// Longest wait for the next piece of a request body (408 after it).
+    pub body_read_timeout: Duration,
     /// Proxies whose `x-forwarded-for` is believed when finding the client address.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// HTTPS listener, when `tls_listen` is set.
     pub tls_listen: Option<SocketAddr>,
+}
+
+/// `server.underscore_headers`: what happens to request headers whose names contain `_`,
+/// which CGI-style back-ends read as the `-` spelling (`transfer_encoding` as framing,
+/// `x_user_id` as identity).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnderscoreHeaders {
+    /// Removed before forwarding, as nginx does by default.
+    #[default]
+    Drop,
+    /// The request is refused with 400 `bad-header-name`.
+    Reject,
+    /// Forwarded as sent.
+    Pass,
+}
+
+impl std::str::FromStr for UnderscoreHeaders {
+    type Err = ();
+
+    fn from_str(text: &str) -> Result<Self, ()> {
+        match text {
+            "drop" => Ok(UnderscoreHeaders::Drop),
+            "reject" => Ok(UnderscoreHeaders::Reject),
+            "pass" => Ok(UnderscoreHeaders::Pass),
+            _ => Err(()),
+        }
+    }
 }
 
 /// A route, compiled. The default route (unmatched traffic) is the last in the table.

@@ -129,7 +129,8 @@ impl std::fmt::Display for SideRequest {
 pub fn explain(snapshot: &Snapshot, request: &ExplainRequest) -> Result<Explanation, ExplainError> {
     let raw_path = request.path.split('?').next().unwrap_or_default();
     let path = normalize_path(raw_path).map_err(|error| ExplainError::Path { code: error.code(), error })?.into_owned();
-    let route = snapshot.route(snapshot.router.find(&path));
+    let route_id = snapshot.router.route(&path).map_err(|error| ExplainError::Path { code: error.code(), error })?;
+    let route = snapshot.route(route_id);
     let auth = route.auth;
     let target = match request.path.split_once('?') {
         Some((_, query)) => format!("{path}?{query}"),

@@ -14,6 +14,8 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Client connection inactivity limit: 60 seconds (milliseconds).
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Longest wait for the next piece of a request body: 30 seconds (milliseconds).
+pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
 /// Grace period for in-flight requests on SIGTERM: 30 seconds (milliseconds).
 pub const DEFAULT_SHUTDOWN_GRACE_MS: u64 = 30_000;
 /// Upstream response-head timeout: 5 seconds (milliseconds).

@@ -124,6 +124,10 @@ pub struct FileServer {
     pub shutdown_grace_ms: Option<Spanned<u64>>,
     /// Write one JSON access-log line per request.
     pub access_log: Option<bool>,
+    /// Request headers whose names contain `_`: drop (default), reject (400) or pass.
+    pub underscore_headers: Option<Spanned<String>>,
+    /// A client that sends no body bytes for this long gets 408.
+    pub body_read_timeout_ms: Option<Spanned<u64>>,
     /// What unmatched traffic (to `default_upstream`) asks of the caller; default off.
     pub default_auth: Option<Spanned<FileAuthMode>>,
     /// Proxies (IPs or CIDRs) whose `x-forwarded-for` is believed for `sticky = "ip"`.

@@ -7,7 +7,8 @@
 //! - after sending, only an idempotent request whose whole body was buffered (at most
 //!   `fallback_body_limit`) is replayed, and only before any response byte reached the
 //!   client, which is always the case here: the response head is still in hand;
-//! - a body over the limit is the client's doing: 413, no fallback;
+//! - a body over the limit, stalled or malformed is the client's doing: 413, 408 or 400,
+//!   no fallback, and the breaker does not count it;
 //! - a replay is the request as matched (path and `Host`), never the service's rewrite of
 //!   it: each side's exchange starts from the matched head.
 
@@ -24,7 +25,7 @@ use super::reply::ProxyError;
 use super::{Selection, is_idempotent, run_exchange_hooks};
 use crate::snapshot::Route;
 use crate::upstream::call::{CallFailure, call};
-use crate::upstream::{ResponseBody, Upstream, UpstreamBody, UpstreamError};
+use crate::upstream::{ClientFault, ResponseBody, Upstream, UpstreamBody, UpstreamError};
 
 /// Sends `request` (the head as matched) to the selected side and returns the response
 /// head to pass on. `exchange_hooks` are the plugins of the `upstream_exchange` phase.
@@ -110,7 +111,7 @@ fn failure_reason(error: &UpstreamError) -> FallbackReason {
     match error {
         UpstreamError::Connect { .. } | UpstreamError::Tls { .. } => FallbackReason::ConnectError,
         UpstreamError::Timeout { .. } => FallbackReason::Timeout,
-        UpstreamError::BodyTooLarge | UpstreamError::Exchange { .. } => FallbackReason::ExchangeError,
+        UpstreamError::Client(_) | UpstreamError::Exchange { .. } => FallbackReason::ExchangeError,
     }
 }
 
@@ -181,8 +182,9 @@ async fn call_service(
             ServiceResult::FallBack { request, reason: FallbackReason::Status5xx }
         }
         Ok(response) => ServiceResult::Answered(response),
-        Err(CallFailure::Failed { error: UpstreamError::BodyTooLarge, .. }) => {
-            ServiceResult::Failed(ProxyError::Upstream(UpstreamError::BodyTooLarge))
+        // The client's body failed: nothing to replay, and not the service's fault.
+        Err(CallFailure::Failed { error: UpstreamError::Client(fault), .. }) => {
+            ServiceResult::Failed(ProxyError::ClientBody(fault))
         }
         // An open breaker routes to the monolith whatever `fallback` says.
         Err(CallFailure::Refused { request, .. }) => {
@@ -206,10 +208,11 @@ async fn buffer(body: UpstreamBody, limit: u64) -> Result<Bytes, ProxyError> {
     }
     match http_body_util::BodyExt::collect(body).await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if crate::upstream::caused_by::<http_body_util::LengthLimitError>(&*e) => {
-            Err(ProxyError::BodyTooLarge { limit })
-        }
-        Err(_) => Err(ProxyError::BodyReadFailed),
+        Err(e) => match crate::upstream::client_body::client_fault(&*e) {
+            Some(ClientFault::TooLarge) => Err(ProxyError::BodyTooLarge { limit }),
+            Some(fault) => Err(ProxyError::ClientBody(fault)),
+            None => Err(ProxyError::ClientBody(ClientFault::Malformed)),
+        },
     }
 }
 

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 use gateway_plugin_api::headers::HOP_BY_HOP;
+
+use crate::snapshot::UnderscoreHeaders;
 pub use gateway_plugin_api::headers::{X_FORWARDED_FOR, X_FORWARDED_PROTO, X_GATEWAY_ERROR, X_REQUEST_ID};
 
 /// Longest client-supplied request id kept (bytes).
@@ -71,6 +73,124 @@ pub fn strip_present(headers: &mut HeaderMap, present: HopByHop) {
             headers.remove(name);
         }
     }
+}
+
+/// What one pass over a request's header names found: its hop-by-hop headers, and which
+/// of the names the screening phase looks at more closely are present.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestScan {
+    /// The hop-by-hop headers present.
+    pub hop_by_hop: HopByHop,
+    /// `Host` is present (once or more).
+    pub host: bool,
+    /// `Content-Length` is present (once or more).
+    pub content_length: bool,
+    /// Some name contains `_`.
+    pub underscore: bool,
+}
+
+/// One pass over the header names of a request; standard names are compared by their
+/// interned form, and only other names are searched for `_`.
+pub fn scan_request(headers: &HeaderMap) -> RequestScan {
+    let mut scan = RequestScan { hop_by_hop: HopByHop(0), host: false, content_length: false, underscore: false };
+    for name in headers.keys() {
+        if name == header::HOST {
+            scan.host = true;
+        } else if name == header::CONTENT_LENGTH {
+            scan.content_length = true;
+        } else if let Some(i) = HOP_BY_HOP.iter().position(|hop| hop == name) {
+            scan.hop_by_hop.0 |= 1 << i;
+        } else if name.as_str().as_bytes().contains(&b'_') {
+            scan.underscore = true;
+        }
+    }
+    scan
+}
+
+/// Why a request head is refused before anything else looks at it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HeadProblem {
+    /// Two `Host` headers (RFC 9112 §3.2: 400).
+    DuplicateHost,
+    /// `Host` names another authority than the absolute-form target or `:authority`.
+    HostMismatch,
+    /// `Host` is not a valid authority.
+    InvalidHost,
+    /// A header name with `_`, under `underscore_headers = "reject"`.
+    UnderscoreName(HeaderName),
+    /// `Content-Length` that is not one non-negative number.
+    InvalidContentLength,
+}
+
+/// Checks `Host`: at most one, a valid authority, and the same authority (ASCII case
+/// ignored, the scheme's default port filled in) as the target's when it has one.
+pub fn check_host(headers: &HeaderMap, uri: &http::Uri) -> Result<(), HeadProblem> {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let Some(host) = hosts.next() else { return Ok(()) };
+    if hosts.next().is_some() {
+        return Err(HeadProblem::DuplicateHost);
+    }
+    let host = http::uri::Authority::try_from(host.as_bytes()).map_err(|_| HeadProblem::InvalidHost)?;
+    let Some(target) = uri.authority() else { return Ok(()) };
+    let default_port = if uri.scheme() == Some(&http::uri::Scheme::HTTPS) { 443 } else { 80 };
+    let same = host.host().eq_ignore_ascii_case(target.host())
+        && host.port_u16().unwrap_or(default_port) == target.port_u16().unwrap_or(default_port);
+    if same { Ok(()) } else { Err(HeadProblem::HostMismatch) }
+}
+
+/// Applies `server.underscore_headers` to a request that has names with `_`.
+pub fn apply_underscore_policy(headers: &mut HeaderMap, policy: UnderscoreHeaders) -> Result<(), HeadProblem> {
+    let with_underscore = || headers.keys().filter(|name| name.as_str().as_bytes().contains(&b'_')).cloned();
+    match policy {
+        UnderscoreHeaders::Pass => Ok(()),
+        UnderscoreHeaders::Reject => match with_underscore().next() {
+            Some(name) => Err(HeadProblem::UnderscoreName(name)),
+            None => Ok(()),
+        },
+        UnderscoreHeaders::Drop => {
+            let names: Vec<HeaderName> = with_underscore().collect();
+            for name in names {
+                headers.remove(&name);
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Rewrites `Content-Length` to the number it was understood as (`0112` and `112, 112`
+/// become `112`), so the upstream cannot read a different length than the gateway did.
+/// A canonical single value is left alone, without allocating.
+pub fn canonicalise_content_length(headers: &mut HeaderMap) -> Result<(), HeadProblem> {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else { return Ok(()) };
+    let bytes = first.as_bytes();
+    // At most 19 digits always fits a u64.
+    let canonical = (1..=19).contains(&bytes.len())
+        && bytes.iter().all(u8::is_ascii_digit)
+        && (bytes.len() == 1 || bytes[0] != b'0')
+        && values.next().is_none();
+    if canonical {
+        return Ok(());
+    }
+    // hyper has already refused lists whose items disagree; read them again anyway.
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        let text = value.to_str().map_err(|_| HeadProblem::InvalidContentLength)?;
+        for item in text.split(',') {
+            let item = item.trim();
+            if item.is_empty() || !item.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(HeadProblem::InvalidContentLength);
+            }
+            let parsed: u64 = item.parse().map_err(|_| HeadProblem::InvalidContentLength)?;
+            if length.is_some_and(|seen| seen != parsed) {
+                return Err(HeadProblem::InvalidContentLength);
+            }
+            length = Some(parsed);
+        }
+    }
+    let length = length.ok_or(HeadProblem::InvalidContentLength)?;
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    Ok(())
 }
 
 /// `x-forwarded-proto` of a request that came in over plain HTTP.
@@ -153,6 +273,71 @@ mod tests {
         assert!(!hop_by_hop_present(&h).has_upgrade());
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         assert!(hop_by_hop_present(&h).has_upgrade());
+    }
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        h
+    }
+
+    #[test]
+    fn the_scan_finds_host_length_underscores_and_hop_by_hop_in_one_pass() {
+        let scan =
+            scan_request(&map(&[("host", "a"), ("content-length", "1"), ("x_user_id", "x"), ("upgrade", "h2c")]));
+        assert!(scan.host && scan.content_length && scan.underscore && scan.hop_by_hop.has_upgrade());
+        let scan = scan_request(&map(&[("accept", "*/*"), ("x-user-id", "x")]));
+        assert!(!scan.host && !scan.content_length && !scan.underscore && !scan.hop_by_hop.has_upgrade());
+    }
+
+    #[test]
+    fn host_must_be_single_valid_and_agree_with_the_target() {
+        let origin: http::Uri = "/x".parse().unwrap();
+        let absolute: http::Uri = "http://api.example:80/x".parse().unwrap();
+        let https: http::Uri = "https://api.example/x".parse().unwrap();
+        assert_eq!(check_host(&map(&[("host", "a.example")]), &origin), Ok(()));
+        assert_eq!(check_host(&HeaderMap::new(), &absolute), Ok(()));
+        assert_eq!(check_host(&map(&[("host", "a"), ("host", "b")]), &origin), Err(HeadProblem::DuplicateHost));
+        assert_eq!(check_host(&map(&[("host", "a"), ("host", "a")]), &origin), Err(HeadProblem::DuplicateHost));
+        assert_eq!(check_host(&map(&[("host", "a b")]), &origin), Err(HeadProblem::InvalidHost));
+        assert_eq!(check_host(&map(&[("host", "API.example")]), &absolute), Ok(()), "case and default port");
+        assert_eq!(check_host(&map(&[("host", "api.example:443")]), &https), Ok(()));
+        assert_eq!(check_host(&map(&[("host", "evil.example")]), &absolute), Err(HeadProblem::HostMismatch));
+        assert_eq!(check_host(&map(&[("host", "api.example:8080")]), &absolute), Err(HeadProblem::HostMismatch));
+    }
+
+    #[test]
+    fn underscore_names_are_dropped_rejected_or_passed() {
+        let sent = || map(&[("transfer_encoding", "chunked"), ("x_user_id", "admin"), ("x-user-id", "alice")]);
+        let mut dropped = sent();
+        apply_underscore_policy(&mut dropped, UnderscoreHeaders::Drop).unwrap();
+        assert_eq!(dropped.keys().map(HeaderName::as_str).collect::<Vec<_>>(), ["x-user-id"]);
+        let mut rejected = sent();
+        assert!(matches!(
+            apply_underscore_policy(&mut rejected, UnderscoreHeaders::Reject),
+            Err(HeadProblem::UnderscoreName(_))
+        ));
+        let mut passed = sent();
+        apply_underscore_policy(&mut passed, UnderscoreHeaders::Pass).unwrap();
+        assert_eq!(passed.len(), 3);
+    }
+
+    #[test]
+    fn content_length_goes_on_as_the_number_it_was_read_as() {
+        for (sent, forwarded) in [("112", "112"), ("0", "0"), ("000112", "112"), ("00", "0"), ("112, 112", "112")] {
+            let mut h = map(&[("content-length", sent)]);
+            canonicalise_content_length(&mut h).unwrap();
+            assert_eq!(h.get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), [forwarded], "{sent}");
+        }
+        let mut twice = map(&[("content-length", "5"), ("content-length", "05")]);
+        canonicalise_content_length(&mut twice).unwrap();
+        assert_eq!(twice.get_all(header::CONTENT_LENGTH).iter().collect::<Vec<_>>(), ["5"]);
+        for bad in ["1, 2", "-1", "+5", "", "1 2", "99999999999999999999999"] {
+            let mut h = map(&[("content-length", bad)]);
+            assert_eq!(canonicalise_content_length(&mut h), Err(HeadProblem::InvalidContentLength), "{bad}");
+        }
     }
 
     #[test]

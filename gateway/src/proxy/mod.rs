@@ -1,9 +1,12 @@
 //! The fixed request pipeline: one function per phase, in an order config never changes.
 //!
 //! ```text
-//!  request ─► load snapshot (once) ─► normalise ──────────────────400────────┐
+//!  request ─► load snapshot (once) ─► screen (Host, `_` names, length) ─400─┐
 //!                                        │                                    │
-//!                                      route (router; client IP)              │
+//!                                     normalise ───────────────────400────────┤
+//!                                        │                                    │
+//!                                      route (router; client IP) ──400────────┤
+//!                                      (lenient reading elsewhere: ambiguous) │
 //!                                        │                                    │
 //!                               authenticate* (auth) ──────────401────────────┤
 //!                                        │                                    │
@@ -46,7 +49,7 @@ use gateway_plugin_rollout::{Caller, ServiceHealth, client_ip};
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{Either, Limited};
+use http_body_util::Either;
 use hyper::body::Body;
 
 use crate::clock;
@@ -55,7 +58,7 @@ use crate::proxy::reply::ProxyError;
 use crate::routing::normalize::normalize_path;
 use crate::snapshot::{Route, Snapshot};
 use crate::upstream::call::SideRequests;
-use crate::upstream::{ClientBody, ResponseBody, Upstream};
+use crate::upstream::{ClientBody, GuardedBody, ResponseBody, Upstream};
 
 /// Status logged and counted when the client goes away before the response (nginx's 499).
 const CLIENT_CLOSED_REQUEST: u16 = 499;
@@ -118,8 +121,9 @@ async fn run(
     peer: &Peer,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
+    let hop_by_hop = screen(snapshot, &mut parts)?;
     let path_and_query = normalise(ctx, &parts)?;
-    let route = route(snapshot, ctx, &parts, peer);
+    let route = route(snapshot, ctx, &parts, peer)?;
 
     let plugins = &snapshot.plugins;
     run_hooks(&plugins.authenticate, |plugin| plugin.authenticate(ctx, &mut parts)).await?;
@@ -138,7 +142,7 @@ async fn run(
     if body.size_hint().lower() > limit {
         return Err(ProxyError::BodyTooLarge { limit });
     }
-    let websocket = prepare_upstream_request(ctx, &mut parts, path_and_query, peer);
+    let websocket = prepare_upstream_request(ctx, &mut parts, hop_by_hop, path_and_query, peer);
     // A WebSocket: the client connection, handed over once the upstream answers 101.
     let pending = match websocket {
         true => parts.extensions.remove::<hyper::upgrade::OnUpgrade>().map(|client| {
@@ -151,7 +155,7 @@ async fn run(
         let side = SideRequests { upstreams: &snapshot.upstreams };
         run_hooks(&plugins.upstream_request, |plugin| plugin.upstream_request(ctx, &mut parts, &side)).await?;
     }
-    let body = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    let body = GuardedBody::new(body, limit, snapshot.server.body_read_timeout);
     let request = Request::from_parts(parts, Either::Left(body));
     let mut response = forward::forward(&plugins.upstream_exchange, route, ctx, selection, request).await?;
     match pending {
@@ -160,6 +164,25 @@ async fn run(
         None => {}
     }
     Ok(response)
+}
+
+/// Phase: screen. Refuses heads that two parsers could read two ways (two `Host`s, a
+/// `Host` that disagrees with the target, `_` names under "reject"), drops `_` names under
+/// "drop", and makes `Content-Length` the number it was read as. Returns the hop-by-hop
+/// headers found on the way, for the forward.
+fn screen(snapshot: &Snapshot, parts: &mut http::request::Parts) -> Result<headers::HopByHop, ProxyError> {
+    let scan = headers::scan_request(&parts.headers);
+    if scan.host {
+        headers::check_host(&parts.headers, &parts.uri).map_err(ProxyError::BadHead)?;
+    }
+    if scan.underscore {
+        headers::apply_underscore_policy(&mut parts.headers, snapshot.server.underscore_headers)
+            .map_err(ProxyError::BadHead)?;
+    }
+    if scan.content_length {
+        headers::canonicalise_content_length(&mut parts.headers).map_err(ProxyError::BadHead)?;
+    }
+    Ok(scan.hop_by_hop)
 }
 
 /// Phase: normalise. One spelling of the path for auth, routing and the upstream.
@@ -179,12 +202,18 @@ fn normalise(ctx: &mut RequestCtx, parts: &http::request::Parts) -> Result<PathA
     Ok(path_and_query)
 }
 
-/// Phase: route. Finds the route (longest whole-segment prefix) and the caller's address.
-fn route<'s>(snapshot: &'s Snapshot, ctx: &mut RequestCtx, parts: &http::request::Parts, peer: &Peer) -> &'s Route {
-    let route = snapshot.route(snapshot.router.find(&ctx.path));
+/// Phase: route. Finds the route (longest whole-segment prefix; refused when a lenient
+/// reading of the path lands elsewhere) and the caller's address.
+fn route<'s>(
+    snapshot: &'s Snapshot,
+    ctx: &mut RequestCtx,
+    parts: &http::request::Parts,
+    peer: &Peer,
+) -> Result<&'s Route, ProxyError> {
+    let route = snapshot.route(snapshot.router.route(&ctx.path).map_err(ProxyError::BadPath)?);
     ctx.route = Some(route.id);
     ctx.client_ip = Some(client_ip(peer.ip, &parts.headers, &snapshot.server.trusted_proxies));
-    route
+    Ok(route)
 }
 
 /// Runs one phase's plugins in order; the first answer ends the request. A plugin that
@@ -245,10 +274,10 @@ fn select_target<'r>(route: &'r Route, ctx: &mut RequestCtx, headers: &http::Hea
 fn prepare_upstream_request(
     ctx: &RequestCtx,
     parts: &mut http::request::Parts,
+    present: headers::HopByHop,
     path_and_query: PathAndQuery,
     peer: &Peer,
 ) -> bool {
-    let present = headers::hop_by_hop_present(&parts.headers);
     let websocket = present.has_upgrade() && upgrade::is_websocket(&parts.method, parts.version, &parts.headers);
     headers::strip_present(&mut parts.headers, present);
     headers::set_forwarding(&mut parts.headers, &peer.header, peer.proto);

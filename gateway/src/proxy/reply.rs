@@ -15,21 +15,23 @@ use http::header::{CONTENT_TYPE, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 use http_body_util::Full;
 
-use crate::proxy::headers::X_GATEWAY_ERROR;
+use crate::proxy::headers::{HeadProblem, X_GATEWAY_ERROR};
 use crate::routing::normalize::PathError;
-use crate::upstream::UpstreamError;
+use crate::upstream::{ClientFault, UpstreamError};
 
 /// Why the gateway answers a request itself.
 #[derive(Debug)]
 pub(crate) enum ProxyError {
+    /// The request head can be read two ways (see the screen phase).
+    BadHead(HeadProblem),
     /// The path cannot be normalised without ambiguity.
     BadPath(PathError),
     /// The normalised path is not a valid request target.
     InvalidTarget,
     /// The request body is larger than `limit` bytes.
     BodyTooLarge { limit: u64 },
-    /// The client's body could not be read.
-    BodyReadFailed,
+    /// The client's body was too large, stalled or malformed.
+    ClientBody(ClientFault),
     /// The upstream failed before a response head.
     Upstream(UpstreamError),
     /// The upstream's breaker is open and nothing could stand in.
@@ -46,6 +48,7 @@ impl ProxyError {
     /// The status, code, message and headers the client gets.
     pub(crate) fn into_rejection(self) -> Rejection {
         match self {
+            ProxyError::BadHead(problem) => bad_head(problem),
             ProxyError::BadPath(error) => Rejection::new(StatusCode::BAD_REQUEST, error.code(), error.to_string()),
             ProxyError::InvalidTarget => Rejection::new(
                 StatusCode::BAD_REQUEST,
@@ -57,9 +60,7 @@ impl ProxyError {
                 codes::BODY_TOO_LARGE,
                 format!("request body exceeds {limit} bytes"),
             ),
-            ProxyError::BodyReadFailed => {
-                Rejection::new(StatusCode::BAD_REQUEST, codes::BODY_READ_FAILED, "the request body could not be read")
-            }
+            ProxyError::ClientBody(fault) => client_body_failed(fault),
             ProxyError::Upstream(error) => upstream_failed(&error),
             ProxyError::BreakerOpen { retry_after } => {
                 let seconds = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
@@ -85,25 +86,64 @@ impl ProxyError {
     }
 }
 
-/// 502, 504 or 413 for an upstream exchange that failed before a response head.
-fn upstream_failed(error: &UpstreamError) -> Rejection {
-    let (status, code) = match error {
-        UpstreamError::Timeout { .. } => (StatusCode::GATEWAY_TIMEOUT, codes::UPSTREAM_TIMEOUT),
-        UpstreamError::Connect { .. } => (StatusCode::BAD_GATEWAY, codes::UPSTREAM_CONNECT_FAILED),
-        UpstreamError::Tls { .. } => (StatusCode::BAD_GATEWAY, codes::UPSTREAM_TLS_FAILED),
-        UpstreamError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, codes::BODY_TOO_LARGE),
-        UpstreamError::Exchange { .. } => (StatusCode::BAD_GATEWAY, codes::UPSTREAM_ERROR),
+/// 400 for a head the screen phase refused.
+fn bad_head(problem: HeadProblem) -> Rejection {
+    let (code, message) = match problem {
+        HeadProblem::DuplicateHost => (codes::BAD_HOST, "the request has more than one Host header".to_owned()),
+        HeadProblem::HostMismatch => {
+            (codes::BAD_HOST, "the Host header disagrees with the request target's authority".to_owned())
+        }
+        HeadProblem::InvalidHost => (codes::BAD_HOST, "the Host header is not a valid host[:port]".to_owned()),
+        HeadProblem::UnderscoreName(name) => {
+            (codes::BAD_HEADER_NAME, format!("the header name {name} contains '_', which this gateway refuses"))
+        }
+        HeadProblem::InvalidContentLength => {
+            (codes::BAD_REQUEST_BODY, "Content-Length is not one non-negative number".to_owned())
+        }
     };
+    Rejection::new(StatusCode::BAD_REQUEST, code, message)
+}
+
+/// 413, 408 or 400 for a client body that failed while it was read or forwarded.
+fn client_body_failed(fault: ClientFault) -> Rejection {
+    match fault {
+        ClientFault::TooLarge => {
+            Rejection::new(StatusCode::PAYLOAD_TOO_LARGE, codes::BODY_TOO_LARGE, "request body exceeds the limit")
+        }
+        ClientFault::Stalled => Rejection::new(
+            StatusCode::REQUEST_TIMEOUT,
+            codes::BODY_TIMEOUT,
+            "the request body stopped arriving (server.body_read_timeout_ms)",
+        ),
+        ClientFault::Malformed => {
+            Rejection::new(StatusCode::BAD_REQUEST, codes::BAD_REQUEST_BODY, "the request body's framing is malformed")
+        }
+    }
+}
+
+/// 502 or 504 for an upstream exchange that failed before a response head (or the
+/// client's answer when its body was what failed).
+fn upstream_failed(error: &UpstreamError) -> Rejection {
     // The message names the upstream but not its address or the OS error: those go to
     // the log, not to the client.
-    let message = match error {
-        UpstreamError::Timeout { upstream, timeout } => {
-            format!("upstream {upstream} sent no response within {} ms", timeout.as_millis())
+    let (status, code, message) = match error {
+        UpstreamError::Client(fault) => return client_body_failed(*fault),
+        UpstreamError::Timeout { upstream, timeout } => (
+            StatusCode::GATEWAY_TIMEOUT,
+            codes::UPSTREAM_TIMEOUT,
+            format!("upstream {upstream} sent no response within {} ms", timeout.as_millis()),
+        ),
+        UpstreamError::Connect { upstream, .. } => {
+            (StatusCode::BAD_GATEWAY, codes::UPSTREAM_CONNECT_FAILED, format!("cannot connect to upstream {upstream}"))
         }
-        UpstreamError::Connect { upstream, .. } => format!("cannot connect to upstream {upstream}"),
-        UpstreamError::Tls { upstream, .. } => format!("the TLS handshake with upstream {upstream} failed"),
-        UpstreamError::BodyTooLarge => "request body exceeds the limit".to_owned(),
-        UpstreamError::Exchange { upstream, .. } => format!("upstream {upstream} broke the exchange"),
+        UpstreamError::Tls { upstream, .. } => (
+            StatusCode::BAD_GATEWAY,
+            codes::UPSTREAM_TLS_FAILED,
+            format!("the TLS handshake with upstream {upstream} failed"),
+        ),
+        UpstreamError::Exchange { upstream, .. } => {
+            (StatusCode::BAD_GATEWAY, codes::UPSTREAM_ERROR, format!("upstream {upstream} broke the exchange"))
+        }
     };
     Rejection::new(status, code, message)
 }
@@ -151,7 +191,7 @@ fn grpc_status(status: StatusCode) -> u8 {
         413 | 429 | 431 => 8, // RESOURCE_EXHAUSTED
         499 => 1,             // CANCELLED
         502 | 503 => 14,      // UNAVAILABLE
-        504 => 4,             // DEADLINE_EXCEEDED
+        408 | 504 => 4,       // DEADLINE_EXCEEDED
         500..=599 => 13,      // INTERNAL
         _ => 2,               // UNKNOWN
     }
@@ -248,7 +288,17 @@ mod tests {
             (ProxyError::BadPath(PathError::EncodedNul), 400, "bad-path-encoded-nul"),
             (ProxyError::InvalidTarget, 400, codes::BAD_PATH),
             (ProxyError::BodyTooLarge { limit: 10 }, 413, codes::BODY_TOO_LARGE),
-            (ProxyError::BodyReadFailed, 400, codes::BODY_READ_FAILED),
+            (ProxyError::ClientBody(ClientFault::Malformed), 400, codes::BAD_REQUEST_BODY),
+            (ProxyError::ClientBody(ClientFault::Stalled), 408, codes::BODY_TIMEOUT),
+            (ProxyError::ClientBody(ClientFault::TooLarge), 413, codes::BODY_TOO_LARGE),
+            (ProxyError::BadHead(HeadProblem::DuplicateHost), 400, codes::BAD_HOST),
+            (ProxyError::BadHead(HeadProblem::HostMismatch), 400, codes::BAD_HOST),
+            (
+                ProxyError::BadHead(HeadProblem::UnderscoreName(http::HeaderName::from_static("a_b"))),
+                400,
+                codes::BAD_HEADER_NAME,
+            ),
+            (ProxyError::BadHead(HeadProblem::InvalidContentLength), 400, codes::BAD_REQUEST_BODY),
             (
                 ProxyError::Upstream(UpstreamError::Timeout { upstream: "u".into(), timeout: Duration::from_secs(1) }),
                 504,
@@ -259,7 +309,8 @@ mod tests {
                 502,
                 codes::UPSTREAM_CONNECT_FAILED,
             ),
-            (ProxyError::Upstream(UpstreamError::BodyTooLarge), 413, codes::BODY_TOO_LARGE),
+            (ProxyError::Upstream(UpstreamError::Client(ClientFault::TooLarge)), 413, codes::BODY_TOO_LARGE),
+            (ProxyError::Upstream(UpstreamError::Client(ClientFault::Stalled)), 408, codes::BODY_TIMEOUT),
             (
                 ProxyError::Upstream(UpstreamError::Exchange { upstream: "u".into(), source: "reset".into() }),
                 502,

@@ -37,6 +37,10 @@ pub enum PathError {
     /// A `..` segment above the root.
     #[error("the path climbs above the root with '..'")]
     EscapesRoot,
+    /// Read as a lenient back-end reads it (decoded again, `;params` dropped, look-alike
+    /// characters folded), the path lands on another route.
+    #[error("the path would reach another route on a server that decodes it leniently")]
+    Ambiguous,
 }
 
 impl PathError {
@@ -49,6 +53,7 @@ impl PathError {
             PathError::EncodedNul => "bad-path-encoded-nul",
             PathError::BadEscape => "bad-path-escape",
             PathError::EscapesRoot => "bad-path-dot-segments",
+            PathError::Ambiguous => gateway_plugin_api::codes::BAD_PATH_AMBIGUOUS,
         }
     }
 }

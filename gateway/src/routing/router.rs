@@ -11,6 +11,9 @@ use std::collections::HashMap;
 
 use gateway_plugin_api::RouteId;
 
+use super::lenient::lenient_reading;
+use super::normalize::PathError;
+
 /// Maps normalised paths to routes; built once per config snapshot.
 #[derive(Debug)]
 pub struct Router {
@@ -33,6 +36,20 @@ impl Router {
     pub fn with_exact_paths(mut self, paths: impl IntoIterator<Item = (String, RouteId)>) -> Self {
         self.exact = paths.into_iter().collect();
         self
+    }
+
+    /// The route for a normalised path, as the data plane and `gateway explain` decide
+    /// it: [`Router::find`], unless the path's lenient reading (see
+    /// [`lenient_reading`]) would land on another route, which is refused.
+    pub fn route(&self, path: &str) -> Result<RouteId, PathError> {
+        let strict = self.find(path);
+        if self.prefixes.is_empty() && self.exact.is_empty() {
+            return Ok(strict);
+        }
+        match lenient_reading(path) {
+            Some(lenient) if self.find(&lenient) != strict => Err(PathError::Ambiguous),
+            _ => Ok(strict),
+        }
     }
 
     /// The route for a normalised path: the longest prefix that ends on a segment
@@ -138,6 +155,98 @@ mod tests {
         assert_eq!(r.find("/api/users/dashboard"), RouteId(5));
         assert_eq!(r.find("/API/Users/Dashboard/"), RouteId(5));
         assert_eq!(r.find("/api/users/dashboard/x"), RouteId(0), "exact means exact");
+    }
+
+    #[test]
+    fn a_path_a_lenient_server_reads_into_another_route_is_refused() {
+        let r = Router::new([("/public".to_owned(), RouteId(0)), ("/admin".to_owned(), RouteId(1))], RouteId(9));
+        for tricky in [
+            "/public/%252e%252e/admin",
+            "/public/..%252fadmin",
+            "/public/..;/admin",
+            "/public/%C0%AE%C0%AE/admin",
+            "/public/..%C0%AFadmin",
+            "/public/..%EF%BC%8Fadmin",
+            "/elsewhere/..;/admin/keys",
+        ] {
+            assert_eq!(r.route(tricky), Err(PathError::Ambiguous), "{tricky}");
+        }
+        for served in ["/public/a", "/search/100%25", "/public/100%25/x", "/admin;v=1/x", "/public/caf%C3%A9"] {
+            assert_eq!(r.route(served), Ok(r.find(served)), "{served}");
+        }
+        assert_eq!(Router::new([], RouteId(0)).route("/x/..;/y"), Ok(RouteId(0)), "one route: nothing to confuse");
+    }
+
+    /// A lenient back-end written as plainly as possible, as the oracle for the property
+    /// below: undo the escapes the generator makes until nothing changes, then resolve.
+    fn naive_lenient(path: &str) -> String {
+        const FOLDS: [(&str, &str); 8] = [
+            ("%25", "%"),
+            ("%2e", "."),
+            ("%2f", "/"),
+            ("%5c", "/"),
+            ("%c0%ae", "."),
+            ("%c0%af", "/"),
+            ("%ef%bc%8f", "/"),
+            ("\\", "/"),
+        ];
+        let mut text = path.to_ascii_lowercase();
+        loop {
+            let before = text.clone();
+            for (from, to) in FOLDS {
+                text = text.replace(from, to);
+            }
+            if text == before {
+                break;
+            }
+        }
+        let mut kept: Vec<&str> = Vec::new();
+        for segment in text.split('/').map(|s| s.split(';').next().unwrap_or("")) {
+            match segment {
+                "" | "." => {}
+                ".." => {
+                    kept.pop();
+                }
+                s => kept.push(s),
+            }
+        }
+        format!("/{}", kept.join("/"))
+    }
+
+    fn confusable_router() -> Router {
+        Router::new(
+            [
+                ("/public".to_owned(), RouteId(0)),
+                ("/admin".to_owned(), RouteId(1)),
+                ("/admin/keys".to_owned(), RouteId(2)),
+            ],
+            RouteId(9),
+        )
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn what_the_gateway_serves_a_lenient_back_end_routes_the_same_way(
+            raw in "(/(public|admin|keys|x|\\.|\\.\\.|;p|%25|%252[eEfF]|%2[eE]|%[cC]0%[aA][eEfF]|%[eE][fF]%[bB][cC]%8[fF]|%25[cC]0%25[aA][eEfF]){0,3}){1,5}"
+        ) {
+            let router = confusable_router();
+            if let Ok(strict) = crate::routing::normalize::normalize_path(&raw) {
+                match router.route(&strict) {
+                    Ok(route) => proptest::prop_assert_eq!(router.find(&naive_lenient(&strict)), route, "{} -> {}", raw, strict),
+                    Err(error) => proptest::prop_assert_eq!(error, PathError::Ambiguous),
+                }
+            }
+        }
+
+        #[test]
+        fn ordinary_paths_are_never_refused(raw in "(/[a-zA-Z0-9._~-]{0,12}){1,6}") {
+            let router = confusable_router();
+            if let Ok(strict) = crate::routing::normalize::normalize_path(&raw) {
+                proptest::prop_assert_eq!(router.route(&strict), Ok(router.find(&strict)));
+            }
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub(crate) mod state;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http_body_util::Either;
@@ -243,23 +244,52 @@ fn handshake_failed(reason: &'static str) {
     metrics::counter!(gateway_plugin_metrics::names::TLS_HANDSHAKE_FAILURES_TOTAL, "reason" => reason).increment(1);
 }
 
+/// One client connection as its requests see it.
+struct ClientConnection {
+    peer: Peer,
+    /// Set by the first request head; until then the header-read timer counted from
+    /// accept may close the connection.
+    requested: AtomicBool,
+}
+
 /// Serves HTTP/1.1 and HTTP/2 (and WebSocket upgrades) on one accepted connection.
+///
+/// A connection must deliver its first request head within `header_read_timeout_ms` of
+/// being served (for TLS, of the handshake's end, which has its own bound), or it is
+/// closed: a client that connects and sends nothing holds no socket for long. hyper's own
+/// header timer covers each later head of a keep-alive connection.
 fn serve_connection<S>(stream: S, peer: Peer, settings: &ServerSettings, gateway: &Arc<Gateway>, graceful: Watcher)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let builder = connection_builder(settings);
     let address = peer.ip;
-    let client = Arc::new(peer);
+    let client = Arc::new(ClientConnection { peer, requested: AtomicBool::new(false) });
+    let first_head_deadline = settings.header_read_timeout;
     let gateway = gateway.clone();
+    let watched = client.clone();
     let service = service_fn(move |request| {
         let snapshot = gateway.snapshot();
         let client = client.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(snapshot, request.map(Either::Left), &client).await) }
+        if !client.requested.load(Ordering::Relaxed) {
+            client.requested.store(true, Ordering::Relaxed);
+        }
+        async move { Ok::<_, Infallible>(proxy::handle(snapshot, request.map(Either::Left), &client.peer).await) }
     });
     let connection = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
     tokio::spawn(async move {
-        if let Err(e) = connection.await {
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = &mut connection => result,
+            () = tokio::time::sleep(first_head_deadline) => {
+                if !watched.requested.load(Ordering::Relaxed) {
+                    tracing::debug!(peer = %address, "no request head within server.header_read_timeout_ms; closing");
+                    return;
+                }
+                connection.await
+            }
+        };
+        if let Err(e) = result {
             tracing::debug!(peer = %address, error = %e, "client connection ended with an error");
         }
     });

@@ -28,7 +28,8 @@ pub(crate) enum CallFailure {
 
 /// Calls `upstream` through its circuit breaker, if it has one, and reports the outcome:
 /// a connect error, a timeout, a broken exchange or a failure status count as failures;
-/// a body over the limit is the client's doing and counts as neither.
+/// a failure of the client's body (too large, stalled, malformed) is the client's doing
+/// and counts as neither.
 ///
 /// The request gets the `Host` the upstream's `host_header` asks for here, so every caller
 /// (the data plane, a replay, an aggregate part, a side request) honours it.
@@ -54,7 +55,7 @@ pub(crate) async fn call(
         let transition = match &result {
             Ok(response) if upstream.is_failure_status(response.status().as_u16()) => permit.failed(now),
             Ok(_) => permit.succeeded(now),
-            Err(SendFailure { error: UpstreamError::BodyTooLarge, .. }) => None,
+            Err(SendFailure { error: UpstreamError::Client(_), .. }) => None,
             Err(_) => permit.failed(now),
         };
         report_transition(&upstream.name, transition);

@@ -88,6 +88,7 @@ impl Http1 {
         let connect_error = |reason: String| UpstreamError::Connect { upstream: name.clone(), reason };
         let (sender, connection) = http1::Builder::new()
             .writev(false) // one buffer per request, like the server side (see server/mod.rs)
+            .max_buf_size(super::UPSTREAM_READ_BUFFER_BYTES)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| connect_error(e.to_string()))?;

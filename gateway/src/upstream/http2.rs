@@ -88,6 +88,8 @@ impl Http2 {
         let connect_error = |reason: String| UpstreamError::Connect { upstream: name.clone(), reason };
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
+            .initial_stream_window_size(super::UPSTREAM_H2_STREAM_WINDOW)
+            .initial_connection_window_size(super::UPSTREAM_H2_CONNECTION_WINDOW)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| connect_error(e.to_string()))?;

@@ -51,10 +51,10 @@ impl MemoryService {
         let (parts, body) = request.into_parts();
         let bytes = match body.collect().await {
             Ok(collected) => collected.to_bytes(),
-            Err(e) if super::caused_by::<http_body_util::LengthLimitError>(&*e) => {
-                return Err(SendFailure { error: UpstreamError::BodyTooLarge, unsent: None });
-            }
             Err(e) => {
+                if let Some(fault) = super::client_body::client_fault(&*e) {
+                    return Err(SendFailure { error: UpstreamError::Client(fault), unsent: None });
+                }
                 return Err(SendFailure {
                     error: UpstreamError::Exchange { upstream: name.clone(), source: e },
                     unsent: None,

@@ -11,6 +11,7 @@
 //! failure, so a fallback can send it elsewhere.
 
 pub(crate) mod call;
+pub mod client_body;
 pub(crate) mod http1;
 pub(crate) mod http2;
 #[cfg(test)]
@@ -23,17 +24,33 @@ use bytes::Bytes;
 use gateway_plugin_breaker::{Breaker, BreakerSettings};
 use gateway_plugin_transform::HostHeader;
 use http::{HeaderMap, HeaderValue, Request, Response, header};
-use http_body_util::{Either, Full, Limited};
+use http_body_util::{Either, Full};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 
+pub use client_body::{ClientFault, GuardedBody};
 pub use http1::PooledBody;
+
+use client_body::client_fault;
+
+/// Most bytes read ahead from one upstream connection (HTTP/1.1 read buffer; the response
+/// head must fit too). With the client's write buffer (`max_header_bytes`) this bounds
+/// what a slow reader makes the gateway hold per connection: the rest waits in the
+/// upstream's socket, which is backpressure.
+pub(crate) const UPSTREAM_READ_BUFFER_BYTES: usize = 64 * 1024;
+/// HTTP/2 flow-control window per upstream stream: what one slow reader can leave
+/// buffered in the gateway on a multiplexed connection.
+pub(crate) const UPSTREAM_H2_STREAM_WINDOW: u32 = 256 * 1024;
+/// HTTP/2 window of a whole upstream connection, shared by its streams.
+pub(crate) const UPSTREAM_H2_CONNECTION_WINDOW: u32 = 4 * 1024 * 1024;
 
 /// The client's request body: hyper's, or one built in memory (phase tests, replays).
 pub type ClientBody = Either<Incoming, Full<Bytes>>;
 
-/// Body of a request sent upstream: the client's body streamed under the size limit, or
-/// a body the gateway built itself (a buffered replay copy, an aggregate part's GET).
-pub type UpstreamBody = Either<Limited<ClientBody>, Full<Bytes>>;
+/// Body of a request sent upstream: the client's body streamed under the size limit and
+/// the read timer, or a body the gateway built itself (a buffered replay copy, an
+/// aggregate part's GET).
+pub type UpstreamBody = Either<GuardedBody, Full<Bytes>>;
 
 /// Body of every response the gateway sends: an upstream's, streamed, or its own.
 pub type ResponseBody = Either<PooledBody, Full<Bytes>>;
@@ -154,9 +171,10 @@ pub enum UpstreamError {
         /// What went wrong.
         reason: String,
     },
-    /// The client's body grew past `server.max_body_bytes` while it was being forwarded.
-    #[error("request body exceeds the limit")]
-    BodyTooLarge,
+    /// The client's body failed while it was being forwarded: too large, stalled or
+    /// malformed. The client's fault: never counted against the upstream.
+    #[error("the client's request body failed: {0:?}")]
+    Client(ClientFault),
     /// The connection broke or the upstream sent something that is not HTTP.
     #[error("upstream {upstream} failed: {source}")]
     Exchange {
@@ -224,7 +242,12 @@ impl Upstream {
     /// within the upstream's timeout. The response body streams afterwards. A request that
     /// never left the gateway (the connection could not be made, or hyper handed it back
     /// unsent) comes back in the failure, ready to be sent elsewhere.
-    pub async fn send(&self, request: Request<UpstreamBody>) -> Result<Response<ResponseBody>, SendFailure> {
+    pub async fn send(&self, mut request: Request<UpstreamBody>) -> Result<Response<ResponseBody>, SendFailure> {
+        // A body still on its way from the client: the head timeout starts once it is sent.
+        let body_sent = match request.body_mut() {
+            Either::Left(body) if !body.is_end_stream() => Some(body.sent_signal()),
+            _ => None,
+        };
         let exchange = async {
             match &self.transport {
                 Transport::Http1(http1) => http1.exchange(&self.name, request).await.map(|r| r.map(Either::Left)),
@@ -233,12 +256,25 @@ impl Upstream {
                 Transport::Memory(service) => service.exchange(&self.name, request).await.map(|r| r.map(Either::Right)),
             }
         };
-        match tokio::time::timeout(self.settings.timeout, exchange).await {
-            Ok(result) => result,
-            Err(_) => Err(SendFailure {
-                error: UpstreamError::Timeout { upstream: self.name.clone(), timeout: self.settings.timeout },
-                unsent: None,
-            }),
+        let in_time = match body_sent {
+            None => tokio::time::timeout(self.settings.timeout, exchange).await.ok(),
+            Some(sent) => {
+                let head_deadline = async {
+                    sent.wait().await;
+                    tokio::time::sleep(self.settings.timeout).await;
+                };
+                tokio::select! {
+                    result = exchange => Some(result),
+                    () = head_deadline => None,
+                }
+            }
+        };
+        match in_time {
+            Some(result) => result,
+            None => {
+                let error = UpstreamError::Timeout { upstream: self.name.clone(), timeout: self.settings.timeout };
+                Err(SendFailure { error, unsent: None })
+            }
         }
     }
 }
@@ -345,10 +381,9 @@ pub(crate) async fn connect_tcp(
 /// The error of an exchange hyper gave up on: the client's body over the limit, or the
 /// exchange itself.
 pub(crate) fn exchange_error(name: &Arc<str>, error: hyper::Error) -> UpstreamError {
-    if caused_by::<http_body_util::LengthLimitError>(&error) {
-        UpstreamError::BodyTooLarge
-    } else {
-        UpstreamError::Exchange { upstream: name.clone(), source: Box::new(error) }
+    match client_fault(&error) {
+        Some(fault) => UpstreamError::Client(fault),
+        None => UpstreamError::Exchange { upstream: name.clone(), source: Box::new(error) },
     }
 }
 
@@ -362,16 +397,4 @@ pub(crate) fn is_grpc_content_type(headers: &HeaderMap) -> bool {
             && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
             && matches!(v.get(GRPC.len()), None | Some(b'+' | b';'))
     })
-}
-
-/// True when `E` is anywhere in the error's source chain.
-pub(crate) fn caused_by<E: std::error::Error + 'static>(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(error);
-    while let Some(e) = current {
-        if e.is::<E>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
 }

@@ -8,10 +8,20 @@
 /// The path cannot be normalised without ambiguity (the specific `bad-path-*` codes come
 /// from the normaliser).
 pub const BAD_PATH: &str = "bad-path";
+/// 400: two `Host` headers, or a `Host` that disagrees with the request target's
+/// authority (absolute form or HTTP/2 `:authority`).
+pub const BAD_HOST: &str = "bad-host";
+/// 400: a request header name contains `_` and `server.underscore_headers = "reject"`.
+pub const BAD_HEADER_NAME: &str = "bad-header-name";
+/// 400: the path's lenient reading (as a permissive back-end decodes it) lands on a
+/// different route than the strict one.
+pub const BAD_PATH_AMBIGUOUS: &str = "bad-path-ambiguous";
+/// 400: the client's body framing is malformed (a bad chunk size, a body cut short).
+pub const BAD_REQUEST_BODY: &str = "bad-request-body";
+/// 408: the client stopped sending its body for `server.body_read_timeout_ms`.
+pub const BODY_TIMEOUT: &str = "body-timeout";
 /// The request body is larger than `server.max_body_bytes` (or the replay limit).
 pub const BODY_TOO_LARGE: &str = "body-too-large";
-/// The client's request body could not be read.
-pub const BODY_READ_FAILED: &str = "body-read-failed";
 /// The upstream sent no response head within its `timeout_ms`.
 pub const UPSTREAM_TIMEOUT: &str = "upstream-timeout";
 /// The upstream could not be connected to.

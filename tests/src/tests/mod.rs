@@ -6,6 +6,7 @@ mod config;
 mod deploy;
 mod grpc;
 mod grpc_tonic;
+mod hostile;
 mod http2;
 mod https_upstream;
 mod hygiene;

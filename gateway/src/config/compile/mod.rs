@@ -45,7 +45,7 @@ use super::file::{
 };
 use crate::routing::normalize::normalize_path;
 use crate::routing::router::Router;
-use crate::snapshot::{ConfigMeta, Fallback, PhasePlugins, Route, ServerSettings, Snapshot};
+use crate::snapshot::{ConfigMeta, Fallback, PhasePlugins, Route, ServerSettings, Snapshot, UnderscoreHeaders};
 use crate::tls::{Certificates, PairError};
 use crate::upstream::{Protocol, Upstream, UpstreamSettings};
 

@@ -45,6 +45,35 @@ impl Checker<'_> {
         let idle_timeout = self.bounded(&server.idle_timeout_ms, DEFAULT_IDLE_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
         let shutdown_grace =
             self.bounded(&server.shutdown_grace_ms, DEFAULT_SHUTDOWN_GRACE_MS, 0, MAX_TIMEOUT_MS, "ms");
+        // The idle limit would close a stalled upload silently; the body timer must fire
+        // first for the client to get its 408. Left unset, it is kept below the idle limit.
+        let body_read_timeout = match &server.body_read_timeout_ms {
+            Some(at) => {
+                let value =
+                    self.bounded(&server.body_read_timeout_ms, DEFAULT_BODY_READ_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
+                if value >= idle_timeout {
+                    self.error(
+                        span(at),
+                        format!(
+                            "server.body_read_timeout_ms ({value}) must be shorter than server.idle_timeout_ms \
+                             ({idle_timeout}), or a stalled upload is cut off without its 408"
+                        ),
+                    );
+                }
+                value
+            }
+            None => DEFAULT_BODY_READ_TIMEOUT_MS.min(idle_timeout.saturating_sub(1).max(1)),
+        };
+        let underscore_headers = match &server.underscore_headers {
+            None => UnderscoreHeaders::default(),
+            Some(text) => text.get_ref().parse().unwrap_or_else(|()| {
+                self.error(
+                    span(text),
+                    format!("\"{}\" is not a choice: drop (default), reject or pass", text.get_ref()),
+                );
+                UnderscoreHeaders::default()
+            }),
+        };
 
         // An idle client connection is one with no bytes moving; while the gateway waits for
         // a slow upstream nothing moves, so the idle limit must outlast every upstream timeout.
@@ -131,6 +160,8 @@ impl Checker<'_> {
             idle_timeout: Duration::from_millis(idle_timeout),
             shutdown_grace: Duration::from_millis(shutdown_grace),
             access_log: server.access_log.unwrap_or(true),
+            underscore_headers,
+            body_read_timeout: Duration::from_millis(body_read_timeout),
             tls_listen: match tls_listen {
                 Some((addr, _)) => Some(addr?),
                 None => None,

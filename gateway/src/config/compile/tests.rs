@@ -418,7 +418,7 @@ fn every_problem_is_reported_at_once() {
 #[test]
 fn the_error_names_the_file() {
     let err = compile(Path::new("conf/routes.toml"), "[server]\n", 1).expect_err("missing keys");
-    assert!(err.to_string().starts_with("conf/routes.toml:1:1: server: missing field `listen`"), "{err}");
+    assert!(err.to_string().starts_with("conf/routes.toml:1:1: server: missing field `default_upstream`"), "{err}");
 }
 
 /// Registered policy keys are checked by their crates, with the same positions, and a
@@ -528,6 +528,33 @@ fn tls_settings_name_line_column_and_key() {
         compile(Path::new("routes.toml"), &with("tls_listen = \"127.0.0.1:0\"", &pair("api.pem", "api.key")), 1)
             .expect("valid");
     assert!(snapshot.tls.is_some() && snapshot.server.tls_listen.is_some());
+}
+
+#[test]
+fn hostile_input_settings_are_checked_at_their_keys() {
+    let with = |extra: &str| {
+        BASE.replace("default_upstream = \"monolith\"", &format!("default_upstream = \"monolith\"\n{extra}"))
+    };
+    assert_each_error(&[
+        (
+            with("underscore_headers = \"allow\""),
+            "5:22: server.underscore_headers: \"allow\" is not a choice: drop (default), reject or pass",
+        ),
+        (
+            with("idle_timeout_ms = 9000\nbody_read_timeout_ms = 9000"),
+            "server.body_read_timeout_ms: server.body_read_timeout_ms (9000) must be shorter than server.idle_timeout_ms (9000)",
+        ),
+    ]);
+    let snapshot = compile(Path::new("routes.toml"), &with("underscore_headers = \"reject\""), 1).expect("valid");
+    assert_eq!(snapshot.server.underscore_headers, UnderscoreHeaders::Reject);
+    assert_eq!(snapshot.server.body_read_timeout, Duration::from_secs(30), "the default");
+    let short_idle = compile(Path::new("routes.toml"), &with("idle_timeout_ms = 9000"), 1).expect("valid");
+    assert!(
+        short_idle.server.body_read_timeout < short_idle.server.idle_timeout,
+        "the default stays below the idle limit"
+    );
+    let defaults = compile(Path::new("routes.toml"), BASE, 1).expect("valid");
+    assert_eq!(defaults.server.underscore_headers, UnderscoreHeaders::Drop);
 }
 
 #[test]
