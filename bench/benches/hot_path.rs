@@ -4,7 +4,9 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use gateway::proxy::headers::{request_id, set_forwarding, strip_hop_by_hop};
+use gateway::proxy::headers::{
+    canonicalise_content_length, check_host, request_id, scan_request, set_forwarding, strip_present,
+};
 use gateway::routing::normalize::normalize_path;
 use gateway::routing::router::Router;
 use gateway_plugin_api::RouteId;
@@ -30,10 +32,32 @@ fn routing(c: &mut Criterion) {
     group.bench_function("miss_to_default", |b| b.iter(|| router.find(black_box("/legacy/page/42"))));
     group.bench_function("mixed_case_hit", |b| b.iter(|| router.find(black_box("/API/Users/42"))));
     group.finish();
+
+    // The route-confusion guard: `route` is `find` plus the lenient reading when the path
+    // has `%`, `;` or non-ASCII bytes. The guard's cost is `route` minus `find` on the
+    // same path.
+    let paths = [
+        ("plain_path", "/api/users/42/orders"),
+        ("escaped_path", "/api/users/caf%C3%A9/100%25"),
+        ("escaped_below_prefix_depth", "/api/users/42/search/caf%C3%A9%20100%25"),
+        ("attack_path", "/api/x/..%252f..%252fusers/1"),
+    ];
+    let mut group = c.benchmark_group("confusion_guard_201_routes");
+    for (name, path) in paths {
+        group.bench_function(format!("{name}/find"), |b| b.iter(|| router.find(black_box(path))));
+        group.bench_function(format!("{name}/route"), |b| b.iter(|| router.route(black_box(path))));
+        group.bench_function(format!("{name}/lenient_reading"), |b| {
+            b.iter(|| {
+                gateway::routing::lenient::with_lenient_reading(black_box(path), |r, same| r.len() + usize::from(same))
+            })
+        });
+    }
+    group.finish();
 }
 
 fn header_hygiene(c: &mut Criterion) {
     let mut request = HeaderMap::new();
+    request.insert("content-length", HeaderValue::from_static("112"));
     request.insert("host", HeaderValue::from_static("api.example.com"));
     request.insert("user-agent", HeaderValue::from_static("bench/1.0"));
     request.insert("accept", HeaderValue::from_static("application/json"));
@@ -43,7 +67,14 @@ fn header_hygiene(c: &mut Criterion) {
         b.iter_batched(
             || request.clone(),
             |mut headers| {
-                strip_hop_by_hop(&mut headers);
+                let scan = scan_request(&headers);
+                if scan.host {
+                    black_box(check_host(&headers, &http::Uri::from_static("/api/users/42"))).ok();
+                }
+                if scan.content_length {
+                    canonicalise_content_length(&mut headers).ok();
+                }
+                strip_present(&mut headers, scan.hop_by_hop);
                 set_forwarding(&mut headers, &client_ip, &gateway::proxy::headers::PROTO_HTTP);
                 black_box(request_id(&headers));
                 headers

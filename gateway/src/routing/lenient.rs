@@ -11,129 +11,158 @@
 //! served untouched. The upstream always receives the strict spelling.
 
 /// Most rounds of decoding and folding followed; each round undoes one layer of
-/// encoding (`%25252e` needs three).
-const MAX_ROUNDS: usize = 4;
+/// encoding (`%25252e` needs three, `%25C0%25AE` three: two decodes and a fold).
+const MAX_ROUNDS: usize = 6;
+
+use super::normalize::hex_value;
 
 /// The lenient reading of a normalised path, or `None` when it cannot route differently
 /// from the path itself (no `%`, no `;`, nothing beyond ASCII: the common case, one scan
 /// and no allocation). Case is left to the router, which ignores it on both readings.
 pub fn lenient_reading(path: &str) -> Option<String> {
+    with_lenient_reading(path, |reading, _| reading.to_owned())
+}
+
+/// Calls `use_reading` with the lenient reading of `path` (see [`lenient_reading`]) and
+/// whether it has the same segments, only spelt differently (nothing decoding uncovered
+/// could add, remove or move a segment).
+///
+/// Built for the common escaped path (`/search/100%25`, `/caf%C3%A9`): one buffer, one
+/// round, and no segment resolution when decoding uncovered nothing that could change
+/// the segments. (A `SmallVec<[u8; 256]>` on the stack instead measured slower.)
+pub fn with_lenient_reading<R>(path: &str, use_reading: impl FnOnce(&str, bool) -> R) -> Option<R> {
     if !path.bytes().any(|b| b == b'%' || b == b';' || b >= 0x80) {
         return None;
     }
-    let mut bytes = path.as_bytes().to_vec();
-    for _ in 0..MAX_ROUNDS {
-        let decoded = percent_decode(&bytes);
-        let folded = fold_lookalikes(&decoded);
-        if folded == bytes {
-            break;
-        }
-        bytes = folded;
-    }
-    if let Some(nul) = bytes.iter().position(|&b| b == 0) {
-        bytes.truncate(nul);
-    }
-    for b in &mut bytes {
-        if *b == b'\\' {
-            *b = b'/';
+    let mut current = Vec::with_capacity(path.len());
+    let mut round = decode_and_fold(path.as_bytes(), &mut current);
+    let mut structural = round.structural || path.contains(';');
+    let mut rounds = 1;
+    if round.again && rounds < MAX_ROUNDS {
+        let mut next = Vec::with_capacity(current.len());
+        while round.again && rounds < MAX_ROUNDS {
+            round = decode_and_fold(&current, &mut next);
+            structural |= round.structural;
+            rounds += 1;
+            std::mem::swap(&mut current, &mut next);
         }
     }
-    Some(resolve_leniently(&String::from_utf8_lossy(&bytes)))
+    if structural {
+        let mut resolved = Vec::with_capacity(current.len());
+        resolve_leniently(&current, &mut resolved);
+        current = resolved;
+    }
+    let same_segments = !structural;
+    Some(match std::str::from_utf8(&current) {
+        Ok(reading) => use_reading(reading, same_segments),
+        Err(_) => use_reading(&String::from_utf8_lossy(&current), same_segments),
+    })
 }
 
-/// Decodes every `%XX`, whatever it encodes; malformed escapes stay as they are.
-fn percent_decode(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len());
+/// What one round of [`decode_and_fold`] found.
+struct Round {
+    /// It changed something, and its output still holds an escape or a look-alike:
+    /// another round would change more.
+    again: bool,
+    /// It made a byte that can change the segments: `/`, `\`, `.`, `;` or NUL.
+    structural: bool,
+}
+
+/// One round into `out`: every `%XX` decoded, whatever it encodes (malformed escapes stay
+/// as they are), and byte sequences lenient decoders read as ASCII folded: overlong UTF-8
+/// encodings of ASCII (2, 3 and 4 bytes), the full-width forms U+FF01..U+FF5E, and the
+/// slash and dot look-alikes U+2215, U+2044, U+FE68 and U+2024.
+fn decode_and_fold(bytes: &[u8], out: &mut Vec<u8>) -> Round {
+    out.clear();
+    let mut round = Round { again: false, structural: false };
+    let mut changed = false;
+    let mut made = |byte: u8, round: &mut Round| {
+        changed = true;
+        round.structural |= matches!(byte, b'/' | b'\\' | b'.' | b';' | 0);
+        byte
+    };
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%'
-            && let (Some(hi), Some(lo)) = (bytes.get(i + 1).and_then(hex), bytes.get(i + 2).and_then(hex))
+        let b = bytes[i];
+        if b == b'%'
+            && let (Some(hi), Some(lo)) =
+                (bytes.get(i + 1).copied().and_then(hex_value), bytes.get(i + 2).copied().and_then(hex_value))
         {
-            out.push(hi << 4 | lo);
+            out.push(made(hi << 4 | lo, &mut round));
             i += 3;
+        } else if b >= 0xC0
+            && let Some((ascii, len)) = fold_at(&bytes[i..])
+        {
+            out.push(made(ascii, &mut round));
+            i += len;
         } else {
-            out.push(bytes[i]);
-            i += 1;
+            // Copy the run up to the next byte that may start an escape or a look-alike.
+            let run = bytes[i + 1..].iter().position(|&c| c == b'%' || c >= 0xC0).map_or(bytes.len(), |n| i + 1 + n);
+            out.extend_from_slice(&bytes[i..run]);
+            i = run;
         }
     }
-    out
+    round.again = changed && has_more_to_undo(out);
+    round
 }
 
-fn hex(b: &u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
-/// Folds byte sequences that lenient decoders read as ASCII: overlong UTF-8 encodings of
-/// ASCII (2, 3 and 4 bytes), the full-width forms U+FF01..U+FF5E, and the slash and dot
-/// look-alikes U+2215, U+2044, U+FE68 and U+2024.
-fn fold_lookalikes(bytes: &[u8]) -> Vec<u8> {
-    let continuation = |b: Option<&u8>| b.copied().filter(|b| b & 0xC0 == 0x80).map(|b| u32::from(b & 0x3F));
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let b0 = bytes[i];
-        let (folded, len) = match b0 {
-            0xC0 | 0xC1 => match continuation(bytes.get(i + 1)) {
-                Some(c1) => (Some((u32::from(b0 & 0x1F) << 6) | c1), 2),
-                None => (None, 1),
-            },
-            0xE0..=0xEF => match (continuation(bytes.get(i + 1)), continuation(bytes.get(i + 2))) {
-                (Some(c1), Some(c2)) => (Some((u32::from(b0 & 0x0F) << 12) | (c1 << 6) | c2), 3),
-                _ => (None, 1),
-            },
-            0xF0 => {
-                match (continuation(bytes.get(i + 1)), continuation(bytes.get(i + 2)), continuation(bytes.get(i + 3))) {
-                    (Some(c1), Some(c2), Some(c3)) => (Some((c1 << 12) | (c2 << 6) | c3), 4),
-                    _ => (None, 1),
-                }
-            }
-            _ => (None, 1),
-        };
-        let ascii = folded.and_then(|code| match code {
-            0..=0x7F => u8::try_from(code).ok(),
-            0xFF01..=0xFF5E => u8::try_from(code - 0xFF01 + 0x21).ok(),
-            0x2215 | 0x2044 => Some(b'/'),
-            0xFE68 => Some(b'\\'),
-            0x2024 => Some(b'.'),
-            _ => None,
-        });
-        match ascii {
-            Some(ascii) => out.push(ascii),
-            None => out.extend_from_slice(&bytes[i..i + len]),
+/// True when `bytes` still holds a `%XX` escape or a look-alike sequence.
+fn has_more_to_undo(bytes: &[u8]) -> bool {
+    bytes.iter().enumerate().any(|(i, &b)| match b {
+        b'%' => {
+            bytes.get(i + 1).copied().and_then(hex_value).is_some()
+                && bytes.get(i + 2).copied().and_then(hex_value).is_some()
         }
-        i += len;
-    }
-    out
+        0xC0.. => fold_at(&bytes[i..]).is_some(),
+        _ => false,
+    })
 }
 
-/// Resolves segments the way a permissive server does: `;params` dropped first, empty and
-/// `.` segments skipped, `..` pops (never above the root).
-fn resolve_leniently(path: &str) -> String {
-    let mut kept: Vec<&str> = Vec::new();
-    for segment in path.split('/') {
-        let name = segment.split(';').next().unwrap_or("");
+/// The ASCII byte a lenient decoder reads at the start of `bytes`, and how many bytes it
+/// takes, when they are a look-alike (see [`decode_and_fold`]).
+fn fold_at(bytes: &[u8]) -> Option<(u8, usize)> {
+    let continuation = |i: usize| bytes.get(i).copied().filter(|b| b & 0xC0 == 0x80).map(|b| u32::from(b & 0x3F));
+    let b0 = bytes[0];
+    let (code, len) = match b0 {
+        0xC0 | 0xC1 => ((u32::from(b0 & 0x1F) << 6) | continuation(1)?, 2),
+        0xE0..=0xEF => ((u32::from(b0 & 0x0F) << 12) | (continuation(1)? << 6) | continuation(2)?, 3),
+        0xF0 => ((continuation(1)? << 12) | (continuation(2)? << 6) | continuation(3)?, 4),
+        _ => return None,
+    };
+    let ascii = match code {
+        0..=0x7F => u8::try_from(code).ok()?,
+        0xFF01..=0xFF5E => u8::try_from(code - 0xFF01 + 0x21).ok()?,
+        0x2215 | 0x2044 => b'/',
+        0xFE68 => b'\\',
+        0x2024 => b'.',
+        _ => return None,
+    };
+    Some((ascii, len))
+}
+
+/// Resolves `path` into `out` the way a permissive server does: cut at a NUL, `\` as
+/// `/`, `;params` dropped from each segment first, empty and `.` segments skipped, `..`
+/// pops (never above the root).
+fn resolve_leniently(path: &[u8], out: &mut Vec<u8>) {
+    out.clear();
+    let path = path.iter().position(|&b| b == 0).map_or(path, |nul| &path[..nul]);
+    for segment in path.split(|&b| b == b'/' || b == b'\\') {
+        let name = segment.split(|&b| b == b';').next().unwrap_or_default();
         match name {
-            "" | "." => {}
-            ".." => {
-                kept.pop();
+            b"" | b"." => {}
+            b".." => {
+                let parent = out.iter().rposition(|&b| b == b'/').unwrap_or(0);
+                out.truncate(parent);
             }
-            name => kept.push(name),
+            name => {
+                out.push(b'/');
+                out.extend_from_slice(name);
+            }
         }
-    }
-    let mut out = String::with_capacity(path.len());
-    for segment in &kept {
-        out.push('/');
-        out.push_str(segment);
     }
     if out.is_empty() {
-        out.push('/');
+        out.push(b'/');
     }
-    out
 }
 
 #[cfg(test)]
@@ -165,6 +194,9 @@ mod tests {
             ("/admin%2500/../public", "/admin"),
             ("/search/100%25", "/search/100%"),
             ("/%2e%2e/%2e%2e/x", "/x"),
+            ("/public/%%32e%%32e/admin", "/admin"),
+            ("/public/%25C0%25AE%25C0%25AE/admin", "/admin"),
+            ("/public/%ef%bc%85%32%65%ef%bc%85%32%65/admin", "/admin"),
         ];
         for (path, lenient) in cases {
             assert_eq!(lenient_reading(path).as_deref(), Some(lenient), "{path}");

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 
 use gateway_plugin_api::RouteId;
 
-use super::lenient::lenient_reading;
+use super::lenient::with_lenient_reading;
 use super::normalize::PathError;
 
 /// Maps normalised paths to routes; built once per config snapshot.
@@ -23,31 +23,51 @@ pub struct Router {
     prefixes: HashMap<String, RouteId>,
     /// Returned when nothing matches: the route to `server.default_upstream`.
     default: RouteId,
+    /// Most segments in any prefix or exact path: segments deeper than this never decide.
+    max_depth: usize,
+}
+
+fn depth(path: &str) -> usize {
+    path.split('/').filter(|segment| !segment.is_empty()).count()
 }
 
 impl Router {
     /// A router over `(prefix, route)` pairs; prefixes must be lower case, without a
     /// trailing `/` (except the root) and unique, which config validation guarantees.
     pub fn new(prefixes: impl IntoIterator<Item = (String, RouteId)>, default: RouteId) -> Self {
-        Router { exact: HashMap::new(), prefixes: prefixes.into_iter().collect(), default }
+        let prefixes: HashMap<String, RouteId> = prefixes.into_iter().collect();
+        let max_depth = prefixes.keys().map(|p| depth(p)).max().unwrap_or(0);
+        Router { exact: HashMap::new(), prefixes, default, max_depth }
     }
 
     /// Adds exact-path entries (aggregates), which win over any prefix.
     pub fn with_exact_paths(mut self, paths: impl IntoIterator<Item = (String, RouteId)>) -> Self {
         self.exact = paths.into_iter().collect();
+        self.max_depth = self.max_depth.max(self.exact.keys().map(|p| depth(p)).max().unwrap_or(0));
         self
     }
 
     /// The route for a normalised path, as the data plane and `gateway explain` decide
     /// it: [`Router::find`], unless the path's lenient reading (see
-    /// [`lenient_reading`]) would land on another route, which is refused.
+    /// [`super::lenient::lenient_reading`]) would land on another route, which is refused.
     pub fn route(&self, path: &str) -> Result<RouteId, PathError> {
         let strict = self.find(path);
         if self.prefixes.is_empty() && self.exact.is_empty() {
             return Ok(strict);
         }
-        match lenient_reading(path) {
-            Some(lenient) if self.find(&lenient) != strict => Err(PathError::Ambiguous),
+        let elsewhere = with_lenient_reading(path, |lenient, same_segments| {
+            // The same segments, the first `max_depth` spelt alike: routed alike, no lookup.
+            let decided_alike = lenient.eq_ignore_ascii_case(path)
+                || (same_segments
+                    && path
+                        .split('/')
+                        .zip(lenient.split('/'))
+                        .take(self.max_depth + 1)
+                        .all(|(a, b)| a.eq_ignore_ascii_case(b)));
+            !decided_alike && self.find(lenient) != strict
+        });
+        match elsewhere {
+            Some(true) => Err(PathError::Ambiguous),
             _ => Ok(strict),
         }
     }
@@ -80,17 +100,27 @@ impl Router {
 
 /// The path as the matcher compares it: ASCII lower case, `;params` dropped per segment.
 fn match_key(path: &str) -> Cow<'_, str> {
-    if !path.bytes().any(|b| b.is_ascii_uppercase() || b == b';') {
+    let (mut upper, mut params) = (false, false);
+    for b in path.bytes() {
+        upper |= b.is_ascii_uppercase();
+        params |= b == b';';
+    }
+    if !upper && !params {
         return Cow::Borrowed(path);
     }
-    let mut key = String::with_capacity(path.len());
-    for (i, segment) in path.split('/').enumerate() {
-        if i > 0 {
-            key.push('/');
+    let mut key = if params {
+        let mut key = String::with_capacity(path.len());
+        for (i, segment) in path.split('/').enumerate() {
+            if i > 0 {
+                key.push('/');
+            }
+            key.push_str(segment.split(';').next().unwrap_or(""));
         }
-        let name = segment.split(';').next().unwrap_or("");
-        key.extend(name.chars().map(|c| c.to_ascii_lowercase()));
-    }
+        key
+    } else {
+        path.to_owned()
+    };
+    key.make_ascii_lowercase();
     Cow::Owned(key)
 }
 
@@ -168,6 +198,7 @@ mod tests {
             "/public/..%C0%AFadmin",
             "/public/..%EF%BC%8Fadmin",
             "/elsewhere/..;/admin/keys",
+            "/%EF%BD%81dmin/x",
         ] {
             assert_eq!(r.route(tricky), Err(PathError::Ambiguous), "{tricky}");
         }
