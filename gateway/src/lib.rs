@@ -19,6 +19,8 @@
 pub mod cli;
 pub(crate) mod clock;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(crate) mod migration;
 pub(crate) mod policies;
 pub mod proxy;
