@@ -61,6 +61,18 @@ fn explain_prints_the_path_each_side_receives() {
 }
 
 #[test]
+fn explain_refuses_a_path_the_data_plane_refuses_as_ambiguous() {
+    let dir = scratch("explain-ambiguous");
+    let config = write(&dir, "routes.toml", CONFIG);
+    let config = config.to_str().expect("a UTF-8 path");
+    let output = gateway(&["explain", "--config", config, "GET", "/public/..;/api/users/7"]);
+    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(!output.status.success(), "{text}");
+    assert!(text.contains("bad-path-ambiguous"), "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn check_against_names_a_changed_service_prefix() {
     let dir = scratch("check");
     let old = write(&dir, "old.toml", CONFIG);
