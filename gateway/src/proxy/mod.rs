@@ -121,7 +121,7 @@ async fn run(
     peer: &Peer,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let (mut parts, body) = request.into_parts();
-    let hop_by_hop = screen(snapshot, &mut parts)?;
+    let hop_by_hop = screen(snapshot, &mut parts).inspect_err(|_| ctx.path = parts.uri.path().to_owned())?;
     let path_and_query = normalise(ctx, &parts)?;
     let route = route(snapshot, ctx, &parts, peer)?;
 

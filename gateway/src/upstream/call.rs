@@ -61,7 +61,11 @@ pub(crate) async fn call(
         report_transition(&upstream.name, transition);
     }
     result.map_err(|failure| {
-        tracing::debug!(upstream = %upstream.name, error = %failure.error, "upstream exchange failed");
+        match &failure.error {
+            // The client's body failed: nothing to say about the upstream.
+            UpstreamError::Client(fault) => tracing::debug!(upstream = %upstream.name, ?fault, "client body failed"),
+            error => tracing::debug!(upstream = %upstream.name, %error, "upstream exchange failed"),
+        }
         CallFailure::Failed { error: failure.error, unsent: failure.unsent }
     })
 }

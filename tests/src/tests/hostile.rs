@@ -88,6 +88,14 @@ async fn two_hosts_or_a_host_that_disagrees_with_the_target_are_refused() {
     let reply =
         raw_exchange(gateway.addr, b"GET http://app/x HTTP/1.1\r\nHost: APP:80\r\nConnection: close\r\n\r\n").await;
     assert!(status_line(&reply).contains("200"), "{reply}");
+    // Over HTTP/2 the target's authority is `:authority`; a `Host` naming another is refused.
+    let request = http::Request::get(gateway.url("/x"))
+        .header("host", "admin.internal")
+        .body(Full::<Bytes>::default())
+        .expect("a valid request");
+    let reply = send_h2(request).await;
+    assert_eq!(reply.status, 400);
+    assert_eq!(reply.header("x-gateway-error"), Some("bad-host"));
     assert_eq!(monolith.count(), 1, "only the agreeing request was forwarded");
 }
 
