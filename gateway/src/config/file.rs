@@ -209,7 +209,12 @@ pub struct FileAuth {
 #[serde(deny_unknown_fields)]
 pub struct FileUpstream {
     /// `http://host:port`, without a path: the upstream receives the path the client sent.
-    pub url: Spanned<String>,
+    /// One endpoint; `endpoints` lists several instead.
+    pub url: Option<Spanned<String>>,
+    /// Several instances of the upstream, each `http://host:port` (all http or all https).
+    pub endpoints: Option<Spanned<Vec<Spanned<String>>>>,
+    /// How requests spread over the endpoints: `least_request` (default) or `round_robin`.
+    pub balance: Option<Spanned<String>>,
     /// Time allowed from sending the request to the response head (504 beyond it).
     pub timeout_ms: Option<Spanned<u64>>,
     /// Time allowed to open a TCP connection (502 beyond it).

@@ -115,6 +115,11 @@ fn config_document(gateway: &Gateway) -> serde_json::Value {
                     "breaker": u.breaker.as_ref().map(|b| b.state(crate::clock::now()).as_str()),
                     "host_header": s.host_header.to_string(),
                     "protocol": s.protocol.as_str(),
+                    "balance": s.balance.as_str(),
+                    "endpoints": u.endpoints().iter().map(|e| json!({
+                        "address": e.address.to_str().unwrap_or_default(),
+                        "outstanding": e.health.outstanding(),
+                    })).collect::<Vec<_>>(),
                 }),
             )
         })

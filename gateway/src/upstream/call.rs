@@ -31,11 +31,12 @@ pub(crate) enum CallFailure {
 /// a failure of the client's body (too large, stalled, malformed) is the client's doing
 /// and counts as neither.
 ///
-/// The request gets the `Host` the upstream's `host_header` asks for here, so every caller
-/// (the data plane, a replay, an aggregate part, a side request) honours it.
+/// The request gets the `Host` the upstream's `host_header` asks for in `send`, once the
+/// endpoint is chosen, so every caller (the data plane, a replay, an aggregate part, a
+/// side request) honours it.
 pub(crate) async fn call(
     upstream: &Upstream,
-    mut request: Request<UpstreamBody>,
+    request: Request<UpstreamBody>,
 ) -> Result<Response<ResponseBody>, CallFailure> {
     let permit = match &upstream.breaker {
         None => None,
@@ -48,7 +49,6 @@ pub(crate) async fn call(
             }
         }
     };
-    upstream.set_host(request.headers_mut());
     let result = upstream.send(request).await;
     if let Some(permit) = permit {
         let now = clock::now();

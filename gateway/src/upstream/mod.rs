@@ -29,7 +29,9 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 
 pub use client_body::{ClientFault, GuardedBody};
+use gateway_plugin_endpoints::{Balance, EndpointHealth};
 pub use http1::PooledBody;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use client_body::client_fault;
 
@@ -75,6 +77,8 @@ pub struct UpstreamSettings {
     pub pool_max_idle: usize,
     /// The circuit breaker's thresholds, when the upstream has one.
     pub breaker: Option<BreakerSettings>,
+    /// How requests spread over several endpoints.
+    pub balance: Balance,
     /// Response statuses that count as failures (inclusive ranges).
     pub failure_statuses: Vec<(u16, u16)>,
     /// The `Host` requests to this upstream carry.
@@ -116,7 +120,17 @@ pub(crate) enum Transport {
     Memory(memory::MemoryService),
 }
 
-/// A named upstream with its transport.
+/// One instance of an upstream: its address, its own pool (or HTTP/2 connection) and its
+/// load.
+pub struct Endpoint {
+    /// `host:port`, as a label and a `Host` value.
+    pub address: HeaderValue,
+    /// Outstanding requests (the balancer's load) and, later, health.
+    pub health: EndpointHealth,
+    transport: Transport,
+}
+
+/// A named upstream with its endpoints.
 pub struct Upstream {
     /// Name from `[upstreams.<name>]`, shared with logs and metric labels.
     pub name: Arc<str>,
@@ -124,9 +138,10 @@ pub struct Upstream {
     pub settings: UpstreamSettings,
     /// The circuit breaker, when configured; kept across reloads while the url is the same.
     pub breaker: Option<Arc<Breaker>>,
-    /// The url's host:port, as a `Host` value.
-    host: HeaderValue,
-    transport: Transport,
+    /// Never empty: the config has a `url` or at least one of `endpoints`.
+    endpoints: Vec<Endpoint>,
+    /// Round robin's next turn.
+    turn: AtomicUsize,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -186,27 +201,67 @@ pub enum UpstreamError {
 }
 
 impl Upstream {
-    /// Builds the upstream with an (empty) HTTP/1.1 pool. `authority` comes from the
-    /// validated url; `breaker` is the one to keep from the previous config, if any.
-    pub fn new(settings: UpstreamSettings, authority: &http::uri::Authority, breaker: Option<Arc<Breaker>>) -> Self {
-        let host = HeaderValue::from_str(authority.as_str()).expect("a url authority is a valid header value");
-        let transport = match settings.protocol {
-            Protocol::Http1 => Transport::Http1(http1::Http1::new(&settings, authority)),
-            Protocol::Http2 => Transport::Http2(http2::Http2::new(&settings, authority)),
-        };
-        Upstream { name: Arc::from(settings.name.as_str()), settings, breaker, host, transport }
+    /// Builds the upstream with one (empty) pool per endpoint. `authorities` come from the
+    /// validated url or endpoints (at least one); `breaker` is the one to keep from the
+    /// previous config, if any.
+    pub fn new(
+        settings: UpstreamSettings,
+        authorities: &[http::uri::Authority],
+        breaker: Option<Arc<Breaker>>,
+    ) -> Self {
+        assert!(!authorities.is_empty(), "config validation guarantees an endpoint");
+        let endpoints = authorities
+            .iter()
+            .map(|authority| Endpoint {
+                address: HeaderValue::from_str(authority.as_str()).expect("a url authority is a valid header value"),
+                health: EndpointHealth::new(),
+                transport: match settings.protocol {
+                    Protocol::Http1 => Transport::Http1(http1::Http1::new(&settings, authority)),
+                    Protocol::Http2 => Transport::Http2(http2::Http2::new(&settings, authority)),
+                },
+            })
+            .collect();
+        Upstream { name: Arc::from(settings.name.as_str()), settings, breaker, endpoints, turn: AtomicUsize::new(0) }
     }
 
     /// The same upstream answered in process by `service` instead of over the network.
     #[cfg(test)]
     pub(crate) fn with_memory_transport(&self, service: memory::MemoryService) -> Self {
+        let endpoint = Endpoint {
+            address: self.endpoints[0].address.clone(),
+            health: EndpointHealth::new(),
+            transport: Transport::Memory(service),
+        };
         Upstream {
             name: self.name.clone(),
             settings: self.settings.clone(),
             breaker: self.breaker.clone(),
-            host: self.host.clone(),
-            transport: Transport::Memory(service),
+            endpoints: vec![endpoint],
+            turn: AtomicUsize::new(0),
         }
+    }
+
+    /// The endpoints, in config order.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// The endpoint for the next request: the only one, or the balancer's pick.
+    fn pick_endpoint(&self) -> &Endpoint {
+        if let [only] = self.endpoints.as_slice() {
+            return only;
+        }
+        let endpoints = &self.endpoints;
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let picked = gateway_plugin_endpoints::pick(
+            self.settings.balance,
+            endpoints.len(),
+            |_| true,
+            |i| endpoints[i].health.outstanding(),
+            random_u64(),
+            turn,
+        );
+        &endpoints[picked.unwrap_or(turn % endpoints.len())]
     }
 
     /// Whether a response status counts as a failure for the breaker and for fallback.
@@ -214,20 +269,21 @@ impl Upstream {
         self.settings.failure_statuses.iter().any(|(low, high)| (*low..=*high).contains(&status))
     }
 
-    /// The url's host:port: the `Host` of `host_header = "upstream"`, and of requests that
-    /// carry none (HTTP/1.0 clients, the gateway's own requests) in `client` mode.
+    /// The (first) endpoint's host:port: the `Host` of `host_header = "upstream"`, and of
+    /// requests that carry none (HTTP/1.0 clients, the gateway's own requests) in `client`
+    /// mode. With several endpoints each request gets the one it is sent to.
     pub fn authority(&self) -> &HeaderValue {
-        &self.host
+        &self.endpoints[0].address
     }
 
-    /// Sets the `Host` this upstream is to receive, as its `host_header` says.
-    pub fn set_host(&self, headers: &mut HeaderMap) {
-        match self.settings.host_header.replacement(&self.host) {
+    /// Sets the `Host` the endpoint at `address` is to receive, as `host_header` says.
+    fn set_host(&self, address: &HeaderValue, headers: &mut HeaderMap) {
+        match self.settings.host_header.replacement(address) {
             Some(host) => {
                 headers.insert(header::HOST, host.clone());
             }
             None if !headers.contains_key(header::HOST) => {
-                headers.insert(header::HOST, self.host.clone());
+                headers.insert(header::HOST, address.clone());
             }
             None => {}
         }
@@ -248,8 +304,14 @@ impl Upstream {
             Either::Left(body) if !body.is_end_stream() => Some(body.sent_signal()),
             _ => None,
         };
+        let endpoint = self.pick_endpoint();
+        self.set_host(&endpoint.address, request.headers_mut());
+        let several = self.endpoints.len() > 1;
+        if several {
+            endpoint.health.request_started();
+        }
         let exchange = async {
-            match &self.transport {
+            match &endpoint.transport {
                 Transport::Http1(http1) => http1.exchange(&self.name, request).await.map(|r| r.map(Either::Left)),
                 Transport::Http2(http2) => http2.exchange(&self.name, request).await.map(|r| r.map(Either::Left)),
                 #[cfg(test)]
@@ -269,6 +331,9 @@ impl Upstream {
                 }
             }
         };
+        if several {
+            endpoint.health.request_ended();
+        }
         match in_time {
             Some(result) => result,
             None => {
@@ -396,5 +461,23 @@ pub(crate) fn is_grpc_content_type(headers: &HeaderMap) -> bool {
         v.len() >= GRPC.len()
             && v[..GRPC.len()].eq_ignore_ascii_case(GRPC)
             && matches!(v.get(GRPC.len()), None | Some(b'+' | b';'))
+    })
+}
+
+/// A fresh random number for the balancer's two choices: xorshift64* per thread, seeded
+/// from the process's random hasher keys. Not for secrets.
+fn random_u64() -> u64 {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, RandomState};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(RandomState::new().hash_one(std::thread::current().id()) | 1);
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        state.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     })
 }

@@ -4,6 +4,7 @@ mod auth;
 mod breaker;
 mod config;
 mod deploy;
+mod endpoints;
 mod grpc;
 mod grpc_tonic;
 mod hostile;

@@ -24,6 +24,7 @@ use gateway_plugin_api::config::{CompiledSections, ConfigErrors, Registry, Route
 use gateway_plugin_api::{DEFAULT_ROUTE_LABEL, Plugin, RouteId, Target};
 use gateway_plugin_auth::{AuthMode, AuthPlugin, Authenticator, KeySet, SystemClock, Verifier};
 use gateway_plugin_breaker::{Breaker, BreakerSettings, ErrorRate};
+use gateway_plugin_endpoints::Balance;
 use gateway_plugin_metrics::{RequestMetrics, RouteLabels};
 use gateway_plugin_rollout::{BasisPoints, ClaimTest, RoutePolicy, Segment, SegmentMatch, Sticky};
 use gateway_plugin_transform::HostHeader;
@@ -143,7 +144,7 @@ struct Checked {
     default_upstream: String,
     default_auth: AuthMode,
     auth: Option<Authenticator>,
-    upstreams: Vec<(UpstreamSettings, Authority)>,
+    upstreams: Vec<(UpstreamSettings, Vec<Authority>)>,
     routes: Vec<CheckedRoute>,
     /// Every registered policy's compiled sections.
     policy_tables: Vec<CompiledSections>,
@@ -364,7 +365,7 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>, regist
     let upstreams: BTreeMap<String, Arc<Upstream>> = checked
         .upstreams
         .into_iter()
-        .map(|(settings, authority)| {
+        .map(|(settings, authorities)| {
             let before = previous.and_then(|p| p.upstreams.get(&settings.name));
             let upstream = match before {
                 Some(before) if before.settings == settings => before.clone(),
@@ -379,7 +380,7 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>, regist
                             None => Breaker::new(thresholds),
                         }
                     });
-                    Arc::new(Upstream::new(settings, &authority, breaker))
+                    Arc::new(Upstream::new(settings, &authorities, breaker))
                 }
             };
             (upstream.settings.name.clone(), upstream)

@@ -558,6 +558,37 @@ fn hostile_input_settings_are_checked_at_their_keys() {
 }
 
 #[test]
+fn an_upstream_has_a_url_or_endpoints() {
+    let users = |keys: &str| BASE.replace("url = \"http://127.0.0.1:3001\"", keys);
+    assert_each_error(&[
+        (users("endpoints = []"), "upstreams.users.endpoints: give at least one endpoint, or a url"),
+        (
+            users("url = \"http://127.0.0.1:3001\"\nendpoints = [\"http://127.0.0.1:3002\"]"),
+            "upstreams.users.url: give url (one endpoint) or endpoints (several), not both",
+        ),
+        (users(""), "upstreams.users: give url = \"http://HOST:PORT\" or endpoints = [...]"),
+        (
+            users("endpoints = [\"http://127.0.0.1:3001\", \"https://127.0.0.1:3002\"]"),
+            "endpoints are all http:// or all https://",
+        ),
+        (users("endpoints = [\"http://127.0.0.1:3001\", \"http://127.0.0.1:3001\"]"), "127.0.0.1:3001 is listed twice"),
+        (users("endpoints = [\"http://127.0.0.1:3001\", \"ftp://x\"]"), "write the url as http://HOST:PORT"),
+        (users("url = \"http://127.0.0.1:3001\"\nbalance = \"random\""), "\"random\" is not a balance"),
+    ]);
+    let snapshot = compile(
+        Path::new("routes.toml"),
+        &users("endpoints = [\"http://127.0.0.1:3001\", \"http://127.0.0.1:3002\"]\nbalance = \"round_robin\""),
+        1,
+    )
+    .expect("valid");
+    let upstream = &snapshot.upstreams["users"];
+    let addresses: Vec<_> = upstream.endpoints().iter().map(|e| e.address.to_str().unwrap().to_owned()).collect();
+    assert_eq!(addresses, ["127.0.0.1:3001", "127.0.0.1:3002"]);
+    assert_eq!(upstream.settings.balance, gateway_plugin_endpoints::Balance::RoundRobin);
+    assert_eq!(snapshot.upstreams["monolith"].settings.balance, gateway_plugin_endpoints::Balance::LeastRequest);
+}
+
+#[test]
 fn listen_is_optional_only_when_tls_listen_serves() {
     let pair = format!(
         "[server.tls]\ncertificates = [{{ cert_file = \"{FIXTURE_TLS}/api.pem\", key_file = \"{FIXTURE_TLS}/api.key\" }}]"

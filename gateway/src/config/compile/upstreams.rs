@@ -7,13 +7,24 @@ impl Checker<'_> {
     pub(super) fn check_upstreams(
         &mut self,
         upstreams: &BTreeMap<Spanned<String>, FileUpstream>,
-    ) -> Vec<(UpstreamSettings, Authority)> {
+    ) -> Vec<(UpstreamSettings, Vec<Authority>)> {
         let mut out = Vec::new();
         for (name, upstream) in upstreams {
             if !is_identifier(name.get_ref()) {
                 self.error(span(name), "upstream names use only a-z, 0-9, '-' and '_'");
             }
-            let authority = self.upstream_authority(&upstream.url);
+            let endpoints = self.upstream_endpoints(name, upstream);
+            let authority = endpoints.as_ref().and_then(|list| list.first().cloned());
+            let balance = match &upstream.balance {
+                None => Some(Balance::default()),
+                Some(text) => text.get_ref().parse::<Balance>().ok().or_else(|| {
+                    self.error(
+                        span(text),
+                        format!("\"{}\" is not a balance: least_request (default) or round_robin", text.get_ref()),
+                    );
+                    None
+                }),
+            };
             let timeout = self.bounded(&upstream.timeout_ms, DEFAULT_UPSTREAM_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
             let connect_timeout =
                 self.bounded(&upstream.connect_timeout_ms, DEFAULT_CONNECT_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
@@ -60,12 +71,13 @@ impl Checker<'_> {
                 }
                 _ => None,
             };
-            if let (Some((authority, _)), Some(host_header), Some(protocol), Some(tls)) =
-                (authority, host_header, protocol, tls)
+            if let (Some(endpoints), Some(host_header), Some(protocol), Some(tls), Some(balance)) =
+                (endpoints, host_header, protocol, tls, balance)
             {
                 let settings = UpstreamSettings {
                     name: name.get_ref().clone(),
-                    url: upstream.url.get_ref().clone(),
+                    url: upstream_url_text(upstream),
+                    balance,
                     timeout: Duration::from_millis(timeout),
                     connect_timeout: Duration::from_millis(connect_timeout),
                     pool_idle_timeout: Duration::from_millis(pool_idle_timeout),
@@ -76,7 +88,7 @@ impl Checker<'_> {
                     protocol,
                     tls,
                 };
-                out.push((settings, authority));
+                out.push((settings, endpoints.into_iter().map(|(authority, _)| authority).collect()));
             }
         }
         out
@@ -158,7 +170,11 @@ impl Checker<'_> {
         match UpstreamTls::new(ca_file.as_deref(), server_name, client_refs, alpn) {
             Ok(tls) => Some(Some(tls)),
             Err(problem) => {
-                let fallback = span(&upstream.url);
+                let fallback = match (&upstream.url, &upstream.endpoints) {
+                    (Some(url), _) => span(url),
+                    (None, Some(list)) => span(list),
+                    (None, None) => 0..0,
+                };
                 let (at, message) = match problem {
                     UpstreamTlsError::CaFile(m) => (upstream.ca_file.as_ref().map_or(fallback, span), m),
                     UpstreamTlsError::ServerName(m) => (upstream.server_name.as_ref().map_or(fallback, span), m),
@@ -169,6 +185,48 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+
+    /// `url` (one endpoint) or `endpoints` (several), exactly one of them; every endpoint
+    /// with its authority and whether it is https (all alike).
+    fn upstream_endpoints(
+        &mut self,
+        name: &Spanned<String>,
+        upstream: &FileUpstream,
+    ) -> Option<Vec<(Authority, bool)>> {
+        let urls: Vec<&Spanned<String>> = match (&upstream.url, &upstream.endpoints) {
+            (Some(url), None) => vec![url],
+            (None, Some(list)) if !list.get_ref().is_empty() => list.get_ref().iter().collect(),
+            (None, Some(list)) => {
+                self.error(span(list), "give at least one endpoint, or a url");
+                return None;
+            }
+            (Some(url), Some(_)) => {
+                self.error(span(url), "give url (one endpoint) or endpoints (several), not both");
+                return None;
+            }
+            (None, None) => {
+                self.error(span(name), "give url = \"http://HOST:PORT\" or endpoints = [...]");
+                return None;
+            }
+        };
+        let mut endpoints: Vec<(Authority, bool)> = Vec::with_capacity(urls.len());
+        let mut valid = true;
+        for url in &urls {
+            match self.upstream_authority(url) {
+                Some(endpoint) if endpoints.iter().any(|(seen, _)| seen == &endpoint.0) => {
+                    self.error(span(url), format!("{} is listed twice", endpoint.0));
+                    valid = false;
+                }
+                Some(endpoint) if endpoints.first().is_some_and(|(_, https)| *https != endpoint.1) => {
+                    self.error(span(url), "endpoints are all http:// or all https://");
+                    valid = false;
+                }
+                Some(endpoint) => endpoints.push(endpoint),
+                None => valid = false,
+            }
+        }
+        valid.then_some(endpoints)
     }
 
     /// The url's authority, and whether it is `https://`.
@@ -196,5 +254,15 @@ impl Checker<'_> {
             return None;
         }
         Some((uri.authority().cloned()?, uri.scheme_str() == Some("https")))
+    }
+}
+
+/// The upstream's address as shown on `/admin/config` and compared across reloads (the
+/// breaker survives while it is the same): the url, or the endpoints joined.
+fn upstream_url_text(upstream: &FileUpstream) -> String {
+    match (&upstream.url, &upstream.endpoints) {
+        (Some(url), _) => url.get_ref().clone(),
+        (None, Some(list)) => list.get_ref().iter().map(|u| u.get_ref().as_str()).collect::<Vec<_>>().join(", "),
+        (None, None) => String::new(),
     }
 }
