@@ -14,6 +14,18 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 pub const DEFAULT_HEADER_READ_TIMEOUT_MS: u64 = 10_000;
 /// Client connection inactivity limit: 60 seconds (milliseconds).
 pub const DEFAULT_IDLE_TIMEOUT_MS: u64 = 60_000;
+/// Between two health checks of an endpoint: 2 seconds (milliseconds).
+pub const DEFAULT_HEALTH_INTERVAL_MS: u64 = 2_000;
+/// A health check's time limit: 500 ms.
+pub const DEFAULT_HEALTH_TIMEOUT_MS: u64 = 500;
+/// Failed health checks in a row that take an endpoint out.
+pub const DEFAULT_UNHEALTHY_AFTER: u64 = 3;
+/// Passed health checks in a row that bring it back.
+pub const DEFAULT_HEALTHY_AFTER: u64 = 2;
+/// Failed responses in a row that eject an endpoint.
+pub const DEFAULT_EJECT_FAILURES: u64 = 5;
+/// How long an ejection lasts: 30 seconds.
+pub const DEFAULT_EJECT_SECONDS: u64 = 30;
 /// Longest wait for the next piece of a request body: 30 seconds (milliseconds).
 pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
 /// Grace period for in-flight requests on SIGTERM: 30 seconds (milliseconds).

@@ -215,6 +215,10 @@ pub struct FileUpstream {
     pub endpoints: Option<Spanned<Vec<Spanned<String>>>>,
     /// How requests spread over the endpoints: `least_request` (default) or `round_robin`.
     pub balance: Option<Spanned<String>>,
+    /// Active health checks of every endpoint.
+    pub health_check: Option<Spanned<FileHealthCheck>>,
+    /// Passive ejection of an endpoint that keeps failing.
+    pub eject: Option<Spanned<FileEject>>,
     /// Time allowed from sending the request to the response head (504 beyond it).
     pub timeout_ms: Option<Spanned<u64>>,
     /// Time allowed to open a TCP connection (502 beyond it).
@@ -239,6 +243,32 @@ pub struct FileUpstream {
     pub client_cert_file: Option<Spanned<String>>,
     /// Client key for mutual TLS, with `client_cert_file`.
     pub client_key_file: Option<Spanned<String>>,
+}
+
+/// `health_check = { path, interval_ms, timeout_ms, unhealthy_after, healthy_after }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHealthCheck {
+    /// Requested with GET; any 2xx passes.
+    pub path: Spanned<String>,
+    /// Between two checks of an endpoint (jittered).
+    pub interval_ms: Option<Spanned<u64>>,
+    /// A check without a response head in this time fails.
+    pub timeout_ms: Option<Spanned<u64>>,
+    /// Failed checks in a row that take an endpoint out.
+    pub unhealthy_after: Option<Spanned<u64>>,
+    /// Passed checks in a row that bring it back.
+    pub healthy_after: Option<Spanned<u64>>,
+}
+
+/// `eject = { consecutive_failures, seconds }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEject {
+    /// Failed responses in a row (connect errors, failure statuses) that eject an endpoint.
+    pub consecutive_failures: Option<Spanned<u64>>,
+    /// How long the ejection lasts.
+    pub seconds: Option<Spanned<u64>>,
 }
 
 /// `breaker = { failures = 5, window_seconds = 60, open_seconds = 30, half_open_requests = 1 }`.

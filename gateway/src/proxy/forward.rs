@@ -112,6 +112,7 @@ fn failure_reason(error: &UpstreamError) -> FallbackReason {
         UpstreamError::Connect { .. } | UpstreamError::Tls { .. } => FallbackReason::ConnectError,
         UpstreamError::Timeout { .. } => FallbackReason::Timeout,
         UpstreamError::Client(_) | UpstreamError::Exchange { .. } => FallbackReason::ExchangeError,
+        UpstreamError::NoHealthyEndpoint { .. } => FallbackReason::NoHealthyEndpoint,
     }
 }
 
@@ -186,9 +187,13 @@ async fn call_service(
         Err(CallFailure::Failed { error: UpstreamError::Client(fault), .. }) => {
             ServiceResult::Failed(ProxyError::ClientBody(fault))
         }
-        // An open breaker routes to the monolith whatever `fallback` says.
+        // An open breaker routes to the monolith whatever `fallback` says; so does a
+        // service with no healthy endpoint (nothing was sent either way).
         Err(CallFailure::Refused { request, .. }) => {
             ServiceResult::FallBack { request: restore(as_matched, request), reason: FallbackReason::BreakerOpen }
+        }
+        Err(CallFailure::Failed { error: UpstreamError::NoHealthyEndpoint { .. }, unsent: Some(request) }) => {
+            ServiceResult::FallBack { request: restore(as_matched, request), reason: FallbackReason::NoHealthyEndpoint }
         }
         Err(CallFailure::Failed { error, unsent }) => {
             let reason = failure_reason(&error);

@@ -144,6 +144,11 @@ fn upstream_failed(error: &UpstreamError) -> Rejection {
         UpstreamError::Exchange { upstream, .. } => {
             (StatusCode::BAD_GATEWAY, codes::UPSTREAM_ERROR, format!("upstream {upstream} broke the exchange"))
         }
+        UpstreamError::NoHealthyEndpoint { upstream } => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::NO_HEALTHY_ENDPOINT,
+            format!("upstream {upstream} has no healthy endpoint"),
+        ),
     };
     Rejection::new(status, code, message)
 }

@@ -118,6 +118,8 @@ fn config_document(gateway: &Gateway) -> serde_json::Value {
                     "balance": s.balance.as_str(),
                     "endpoints": u.endpoints().iter().map(|e| json!({
                         "address": e.address.to_str().unwrap_or_default(),
+                        "state": e.health.state(crate::clock::now()).as_str(),
+                        "reason": e.health.reason(),
                         "outstanding": e.health.outstanding(),
                     })).collect::<Vec<_>>(),
                 }),

@@ -30,6 +30,7 @@ impl Gateway {
         gauge!(names::CONFIG_VERSION).set(snapshot.meta.version as f64);
         let migration = MigrationStats::default();
         let _ = snapshot.route_stats.set(migration.table_for(&snapshot));
+        start_health_checks(&snapshot);
         Gateway {
             config: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
@@ -56,6 +57,7 @@ impl Gateway {
     pub(crate) fn install(&self, next: Snapshot) {
         let version = next.meta.version;
         let _ = next.route_stats.set(self.migration.table_for(&next));
+        start_health_checks(&next);
         self.config.store(Arc::new(next));
         gauge!(names::CONFIG_VERSION).set(version as f64);
     }
@@ -85,4 +87,12 @@ impl Gateway {
 pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not Send; drop it here, inside this future.
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
+}
+
+/// Starts the health checks of the snapshot's upstreams; an upstream kept from the
+/// previous snapshot already runs its own (once per handle).
+fn start_health_checks(snapshot: &Snapshot) {
+    for upstream in snapshot.upstreams.values() {
+        upstream.start_health_checks();
+    }
 }

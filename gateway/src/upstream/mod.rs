@@ -12,6 +12,7 @@
 
 pub(crate) mod call;
 pub mod client_body;
+mod health;
 pub(crate) mod http1;
 pub(crate) mod http2;
 #[cfg(test)]
@@ -29,7 +30,7 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 
 pub use client_body::{ClientFault, GuardedBody};
-use gateway_plugin_endpoints::{Balance, EndpointHealth};
+use gateway_plugin_endpoints::{ActiveCheck, Balance, Ejection, EndpointHealth, EndpointState, may_eject_one_more};
 pub use http1::PooledBody;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -79,6 +80,10 @@ pub struct UpstreamSettings {
     pub breaker: Option<BreakerSettings>,
     /// How requests spread over several endpoints.
     pub balance: Balance,
+    /// Active health checks of each endpoint, when configured.
+    pub health_check: Option<ActiveCheck>,
+    /// Passive ejection of a failing endpoint, when configured.
+    pub eject: Option<Ejection>,
     /// Response statuses that count as failures (inclusive ranges).
     pub failure_statuses: Vec<(u16, u16)>,
     /// The `Host` requests to this upstream carry.
@@ -142,6 +147,8 @@ pub struct Upstream {
     endpoints: Vec<Endpoint>,
     /// Round robin's next turn.
     turn: AtomicUsize,
+    /// The health checker has been started (once per upstream handle).
+    checking: std::sync::Once,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -186,6 +193,12 @@ pub enum UpstreamError {
         /// What went wrong.
         reason: String,
     },
+    /// Every endpoint failed its health checks or is ejected; nothing was sent.
+    #[error("upstream {upstream} has no healthy endpoint")]
+    NoHealthyEndpoint {
+        /// Upstream name.
+        upstream: Arc<str>,
+    },
     /// The client's body failed while it was being forwarded: too large, stalled or
     /// malformed. The client's fault: never counted against the upstream.
     #[error("the client's request body failed: {0:?}")]
@@ -221,7 +234,14 @@ impl Upstream {
                 },
             })
             .collect();
-        Upstream { name: Arc::from(settings.name.as_str()), settings, breaker, endpoints, turn: AtomicUsize::new(0) }
+        Upstream {
+            name: Arc::from(settings.name.as_str()),
+            settings,
+            breaker,
+            endpoints,
+            turn: AtomicUsize::new(0),
+            checking: std::sync::Once::new(),
+        }
     }
 
     /// The same upstream answered in process by `service` instead of over the network.
@@ -238,6 +258,7 @@ impl Upstream {
             breaker: self.breaker.clone(),
             endpoints: vec![endpoint],
             turn: AtomicUsize::new(0),
+            checking: std::sync::Once::new(),
         }
     }
 
@@ -246,22 +267,61 @@ impl Upstream {
         &self.endpoints
     }
 
-    /// The endpoint for the next request: the only one, or the balancer's pick.
-    fn pick_endpoint(&self) -> &Endpoint {
-        if let [only] = self.endpoints.as_slice() {
-            return only;
-        }
+    /// True when endpoints can be out (health checks or ejection are configured).
+    fn tracks_health(&self) -> bool {
+        self.settings.health_check.is_some() || self.settings.eject.is_some()
+    }
+
+    /// The endpoint for the next request: the only one, or the balancer's pick among the
+    /// available; `None` when every endpoint is out.
+    fn pick_endpoint(&self, now: Duration) -> Option<&Endpoint> {
         let endpoints = &self.endpoints;
+        if let [only] = endpoints.as_slice() {
+            return (!self.tracks_health() || only.health.is_available(now)).then_some(only);
+        }
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let picked = gateway_plugin_endpoints::pick(
+        gateway_plugin_endpoints::pick(
             self.settings.balance,
             endpoints.len(),
-            |_| true,
+            |i| endpoints[i].health.is_available(now),
             |i| endpoints[i].health.outstanding(),
             random_u64(),
             turn,
-        );
-        &endpoints[picked.unwrap_or(turn % endpoints.len())]
+        )
+        .map(|i| &endpoints[i])
+    }
+
+    /// Starts the active health checks of this upstream's endpoints, once per handle, if
+    /// it has any. They run off the data plane, jittered, and stop when the handle is
+    /// dropped (a reload that replaced it).
+    pub fn start_health_checks(self: &Arc<Self>) {
+        let Some(check) = self.settings.health_check.clone() else { return };
+        // `gateway check` and pure tests compile snapshots without a runtime: no checks.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        self.checking.call_once(|| {
+            let upstream = Arc::downgrade(self);
+            tokio::spawn(health::run_checks(upstream, check));
+        });
+    }
+
+    /// Publishes `gateway_upstream_endpoints{upstream,state}`.
+    pub(crate) fn report_endpoint_states(&self, now: Duration) {
+        let mut counts = [0u32; 3];
+        for endpoint in &self.endpoints {
+            counts[match endpoint.health.state(now) {
+                EndpointState::Healthy => 0,
+                EndpointState::Unhealthy => 1,
+                EndpointState::Ejected => 2,
+            }] += 1;
+        }
+        for (state, count) in
+            [EndpointState::Healthy, EndpointState::Unhealthy, EndpointState::Ejected].into_iter().zip(counts)
+        {
+            metrics::gauge!(gateway_plugin_metrics::names::UPSTREAM_ENDPOINTS, "upstream" => self.name.to_string(), "state" => state.as_str())
+                .set(f64::from(count));
+        }
     }
 
     /// Whether a response status counts as a failure for the breaker and for fallback.
@@ -304,7 +364,13 @@ impl Upstream {
             Either::Left(body) if !body.is_end_stream() => Some(body.sent_signal()),
             _ => None,
         };
-        let endpoint = self.pick_endpoint();
+        let now = crate::clock::now();
+        let Some(endpoint) = self.pick_endpoint(now) else {
+            return Err(SendFailure {
+                error: UpstreamError::NoHealthyEndpoint { upstream: self.name.clone() },
+                unsent: Some(request),
+            });
+        };
         self.set_host(&endpoint.address, request.headers_mut());
         let several = self.endpoints.len() > 1;
         if several {
@@ -334,12 +400,42 @@ impl Upstream {
         if several {
             endpoint.health.request_ended();
         }
-        match in_time {
+        let result = match in_time {
             Some(result) => result,
             None => {
                 let error = UpstreamError::Timeout { upstream: self.name.clone(), timeout: self.settings.timeout };
                 Err(SendFailure { error, unsent: None })
             }
+        };
+        if let Some(eject) = &self.settings.eject {
+            self.record_outcome(endpoint, &result, eject);
+        }
+        result
+    }
+
+    /// Passive health: a connect error, timeout, broken exchange or failure status counts
+    /// against the endpoint; the client's own faults count for nothing.
+    fn record_outcome(
+        &self,
+        endpoint: &Endpoint,
+        result: &Result<Response<ResponseBody>, SendFailure>,
+        eject: &Ejection,
+    ) {
+        let failed = match result {
+            Ok(response) => self.is_failure_status(response.status().as_u16()),
+            Err(SendFailure { error: UpstreamError::Client(_), .. }) => return,
+            Err(_) => true,
+        };
+        let now = crate::clock::now();
+        let may_eject = failed && may_eject_one_more(self.endpoints.iter().map(|e| &e.health), now);
+        if endpoint.health.record_response(failed, eject, now, may_eject) {
+            tracing::warn!(
+                upstream = %self.name,
+                endpoint = endpoint.address.to_str().unwrap_or_default(),
+                seconds = eject.duration.as_secs(),
+                "endpoint ejected after consecutive failures"
+            );
+            self.report_endpoint_states(now);
         }
     }
 }

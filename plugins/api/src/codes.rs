@@ -31,6 +31,9 @@ pub const UPSTREAM_CONNECT_FAILED: &str = "upstream-connect-failed";
 pub const UPSTREAM_TLS_FAILED: &str = "upstream-tls-failed";
 /// The upstream broke the exchange (reset, not HTTP).
 pub const UPSTREAM_ERROR: &str = "upstream-error";
+/// 503: every endpoint of the upstream failed its health checks or is ejected, and there
+/// is nowhere else to go.
+pub const NO_HEALTHY_ENDPOINT: &str = "no-healthy-endpoint";
 /// The upstream's circuit breaker is open and there is nowhere else to go.
 pub const BREAKER_OPEN: &str = "breaker-open";
 /// A required part of an aggregate failed.

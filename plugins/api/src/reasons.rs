@@ -14,16 +14,20 @@ pub enum FallbackReason {
     Status5xx,
     /// The exchange with the service broke.
     ExchangeError,
+    /// Every endpoint of the service failed its health checks or is ejected (the request
+    /// never left the gateway).
+    NoHealthyEndpoint,
 }
 
 impl FallbackReason {
     /// Every reason, in report order (also the index order of per-reason tables).
-    pub const ALL: [FallbackReason; 5] = [
+    pub const ALL: [FallbackReason; 6] = [
         FallbackReason::BreakerOpen,
         FallbackReason::ConnectError,
         FallbackReason::Timeout,
         FallbackReason::Status5xx,
         FallbackReason::ExchangeError,
+        FallbackReason::NoHealthyEndpoint,
     ];
 
     /// The metric label and report key.
@@ -34,6 +38,7 @@ impl FallbackReason {
             FallbackReason::Timeout => "timeout",
             FallbackReason::Status5xx => "status_5xx",
             FallbackReason::ExchangeError => "exchange_error",
+            FallbackReason::NoHealthyEndpoint => "no_healthy_endpoint",
         }
     }
 

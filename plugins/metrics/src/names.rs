@@ -41,3 +41,5 @@ pub const REQUEST_DURATION_BUCKETS: &[f64] =
 pub const TARGET_NONE: &str = "none";
 /// Label value for `upstream` when no upstream was called.
 pub const UPSTREAM_NONE: &str = "none";
+/// Gauge: endpoints of an upstream by `state` (`healthy`, `unhealthy`, `ejected`).
+pub const UPSTREAM_ENDPOINTS: &str = "gateway_upstream_endpoints";

@@ -4,6 +4,10 @@
 use crate::harness::*;
 
 async fn three_instances_behind(balance: &str) -> ([RunningMock; 3], TestGateway, RunningMock) {
+    three_instances_with(&format!("balance = \"{balance}\"")).await
+}
+
+async fn three_instances_with(upstream_extra: &str) -> ([RunningMock; 3], TestGateway, RunningMock) {
     let monolith = MockUpstream::new("monolith").start().await;
     let instances = [
         MockUpstream::new("users-a").start().await,
@@ -12,7 +16,7 @@ async fn three_instances_behind(balance: &str) -> ([RunningMock; 3], TestGateway
     ];
     let list: Vec<String> = instances.iter().map(|i| format!("\"{}\"", i.url())).collect();
     let config = format!(
-        "{}\n[upstreams.users]\nendpoints = [{}]\nbalance = \"{balance}\"\nhost_header = \"upstream\"\n\
+        "{}\n[upstreams.users]\nendpoints = [{}]\n{upstream_extra}\nhost_header = \"upstream\"\n\
          [[routes]]\nname = \"users\"\nprefix = \"/api/users\"\nservice = \"users\"\n",
         base_config(&monolith.url(), ""),
         list.join(", ")
@@ -52,4 +56,100 @@ async fn round_robin_takes_turns() {
     assert_eq!(endpoints.len(), 3);
     assert_eq!(endpoints[0]["address"], instances[0].addr.to_string());
     assert_eq!(config["upstreams"]["users"]["balance"], "round_robin");
+}
+
+/// Requests to `/api/users/...` an instance got (health checks left out).
+fn served(instance: &RunningMock) -> usize {
+    instance.requests().iter().filter(|r| r.path.starts_with("/api/users")).count()
+}
+
+async fn endpoint_states(gateway: &TestGateway) -> Vec<String> {
+    let config = get(&format!("http://{}/admin/config", gateway.admin)).await.json();
+    config["upstreams"]["users"]["endpoints"]
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|e| e["state"].as_str().unwrap_or_default().to_owned())
+        .collect()
+}
+
+const HEALTH: &str = "health_check = { path = \"/healthz\", interval_ms = 100, timeout_ms = 80, unhealthy_after = 2, healthy_after = 2 }";
+
+#[tokio::test]
+async fn an_instance_failing_its_health_check_gets_no_requests_until_it_passes_again() {
+    let (instances, gateway, _monolith) = three_instances_with(HEALTH).await;
+    instances[1].set_status(503);
+    assert!(
+        eventually_async(|| async { endpoint_states(&gateway).await[1] == "unhealthy" }).await,
+        "b is taken out after two failed checks"
+    );
+    let before = served(&instances[1]);
+    for i in 0..30 {
+        assert_eq!(get(&gateway.url(&format!("/api/users/{i}"))).await.status, 200);
+    }
+    assert_eq!(served(&instances[1]), before, "no request reached the unhealthy instance");
+    let metrics = get(&format!("http://{}/metrics", gateway.admin)).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains(r#"gateway_upstream_endpoints{upstream="users",state="unhealthy"} 1"#), "{text}");
+
+    instances[1].set_status(200);
+    assert!(
+        eventually_async(|| async { endpoint_states(&gateway).await[1] == "healthy" }).await,
+        "b comes back after two passed checks"
+    );
+    for i in 0..30 {
+        get(&gateway.url(&format!("/api/users/{i}"))).await;
+    }
+    assert!(served(&instances[1]) > before, "b serves again");
+}
+
+#[tokio::test]
+async fn an_instance_answering_5xx_is_ejected_passively() {
+    let (instances, gateway, _monolith) =
+        three_instances_with("eject = { consecutive_failures = 2, seconds = 60 }\nbalance = \"round_robin\"").await;
+    instances[2].set_status(500);
+    for i in 0..12 {
+        get(&gateway.url(&format!("/api/users/{i}"))).await;
+    }
+    let failures_seen = served(&instances[2]);
+    assert_eq!(failures_seen, 2, "ejected after its second failure in a row");
+    assert_eq!(endpoint_states(&gateway).await, ["healthy", "healthy", "ejected"]);
+    for i in 0..12 {
+        assert_eq!(get(&gateway.url(&format!("/api/users/{i}"))).await.status, 200);
+    }
+    assert_eq!(served(&instances[2]), failures_seen, "no request reached the ejected instance");
+}
+
+#[tokio::test]
+async fn with_no_healthy_endpoint_the_monolith_answers_and_the_fallback_is_counted() {
+    let (instances, gateway, monolith) = three_instances_with(HEALTH).await;
+    for instance in &instances {
+        instance.set_status(503);
+    }
+    assert!(
+        eventually_async(|| async { endpoint_states(&gateway).await.iter().all(|s| s == "unhealthy") }).await,
+        "all three are taken out"
+    );
+    let reply = get(&gateway.url("/api/users/1")).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.json()["served_by"], "monolith");
+    assert_eq!(monolith.count(), 1);
+    let metrics = get(&format!("http://{}/metrics", gateway.admin)).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    assert!(text.contains(r#"gateway_fallbacks_total{route="users",reason="no_healthy_endpoint"} 1"#), "{text}");
+}
+
+/// Polls an async condition for up to five seconds.
+async fn eventually_async<F, Fut>(mut condition: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    false
 }

@@ -24,7 +24,7 @@ use gateway_plugin_api::config::{CompiledSections, ConfigErrors, Registry, Route
 use gateway_plugin_api::{DEFAULT_ROUTE_LABEL, Plugin, RouteId, Target};
 use gateway_plugin_auth::{AuthMode, AuthPlugin, Authenticator, KeySet, SystemClock, Verifier};
 use gateway_plugin_breaker::{Breaker, BreakerSettings, ErrorRate};
-use gateway_plugin_endpoints::Balance;
+use gateway_plugin_endpoints::{ActiveCheck, Balance, Ejection};
 use gateway_plugin_metrics::{RequestMetrics, RouteLabels};
 use gateway_plugin_rollout::{BasisPoints, ClaimTest, RoutePolicy, Segment, SegmentMatch, Sticky};
 use gateway_plugin_transform::HostHeader;
@@ -41,8 +41,8 @@ use toml::de::{DeString, DeTable, DeValue};
 use super::defaults::*;
 use super::error::{ConfigError, Diagnostic, SourceMap};
 use super::file::{
-    FileAggregate, FileAudience, FileAuth, FileAuthMode, FileBreaker, FileConfig, FileFallback, FileRoute, FileSegment,
-    FileServer, FileSide, FileUpstream,
+    FileAggregate, FileAudience, FileAuth, FileAuthMode, FileBreaker, FileConfig, FileFallback, FileHealthCheck,
+    FileRoute, FileSegment, FileServer, FileSide, FileUpstream,
 };
 use crate::routing::normalize::normalize_path;
 use crate::routing::router::Router;

@@ -558,6 +558,42 @@ fn hostile_input_settings_are_checked_at_their_keys() {
 }
 
 #[test]
+fn health_checks_and_ejection_are_checked_at_their_keys() {
+    let users = |extra: &str| {
+        BASE.replace("url = \"http://127.0.0.1:3001\"", &format!("url = \"http://127.0.0.1:3001\"\n{extra}"))
+    };
+    assert_each_error(&[
+        (
+            users("health_check = { path = \"healthz\" }"),
+            "upstreams.users.health_check.path: \"healthz\" is not a path",
+        ),
+        (
+            users("health_check = { path = \"/healthz\", interval_ms = 100, timeout_ms = 100 }"),
+            "upstreams.users.health_check.timeout_ms: timeout_ms (100) must be shorter than interval_ms (100)",
+        ),
+        (
+            users("health_check = { path = \"/h\", unhealthy_after = 0 }"),
+            "upstreams.users.health_check.unhealthy_after",
+        ),
+        (users("eject = { consecutive_failures = 0 }"), "upstreams.users.eject.consecutive_failures"),
+        (users("eject = { seconds = 5, after = 3 }"), "unknown field `after`"),
+    ]);
+    let snapshot = compile(
+        Path::new("routes.toml"),
+        &users("health_check = { path = \"/healthz\" }\neject = { consecutive_failures = 3 }"),
+        1,
+    )
+    .expect("valid");
+    let settings = &snapshot.upstreams["users"].settings;
+    let check = settings.health_check.as_ref().expect("a health check");
+    assert_eq!(
+        (check.interval, check.timeout, check.unhealthy_after, check.healthy_after),
+        (Duration::from_secs(2), Duration::from_millis(500), 3, 2)
+    );
+    assert_eq!(settings.eject.map(|e| (e.consecutive_failures, e.duration)), Some((3, Duration::from_secs(30))));
+}
+
+#[test]
 fn an_upstream_has_a_url_or_endpoints() {
     let users = |keys: &str| BASE.replace("url = \"http://127.0.0.1:3001\"", keys);
     assert_each_error(&[

@@ -31,6 +31,14 @@ impl Checker<'_> {
             let pool_idle_timeout =
                 self.bounded(&upstream.pool_idle_timeout_ms, DEFAULT_POOL_IDLE_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
             let pool_max_idle = self.bounded(&upstream.pool_max_idle, DEFAULT_POOL_MAX_IDLE, 0, 65_536, "connections");
+            let health_check = upstream.health_check.as_ref().and_then(|check| self.check_health_check(check));
+            let eject = upstream.eject.as_ref().map(|eject| {
+                let eject = eject.get_ref();
+                let failures =
+                    self.bounded(&eject.consecutive_failures, DEFAULT_EJECT_FAILURES, 1, 1_000_000, "failures");
+                let seconds = self.bounded(&eject.seconds, DEFAULT_EJECT_SECONDS, 1, 3_600, "seconds");
+                Ejection { consecutive_failures: failures as u32, duration: Duration::from_secs(seconds) }
+            });
             let (breaker, failure_statuses) = match &upstream.breaker {
                 Some(breaker) => self.check_breaker(breaker.get_ref()),
                 None => (None, vec![(500, 599)]),
@@ -78,6 +86,8 @@ impl Checker<'_> {
                     name: name.get_ref().clone(),
                     url: upstream_url_text(upstream),
                     balance,
+                    health_check,
+                    eject,
                     timeout: Duration::from_millis(timeout),
                     connect_timeout: Duration::from_millis(connect_timeout),
                     pool_idle_timeout: Duration::from_millis(pool_idle_timeout),
@@ -185,6 +195,32 @@ impl Checker<'_> {
                 None
             }
         }
+    }
+
+    /// `health_check`: a path the endpoint answers with 2xx, checked every `interval_ms`.
+    fn check_health_check(&mut self, check: &Spanned<FileHealthCheck>) -> Option<ActiveCheck> {
+        let file = check.get_ref();
+        let interval = self.bounded(&file.interval_ms, DEFAULT_HEALTH_INTERVAL_MS, 50, MAX_TIMEOUT_MS, "ms");
+        let timeout = self.bounded(&file.timeout_ms, DEFAULT_HEALTH_TIMEOUT_MS, 1, MAX_TIMEOUT_MS, "ms");
+        let unhealthy_after = self.bounded(&file.unhealthy_after, DEFAULT_UNHEALTHY_AFTER, 1, 1_000, "checks");
+        let healthy_after = self.bounded(&file.healthy_after, DEFAULT_HEALTHY_AFTER, 1, 1_000, "checks");
+        let path = file.path.get_ref();
+        if !path.starts_with('/') || path.parse::<http::uri::PathAndQuery>().is_err() {
+            self.error(span(&file.path), format!("\"{path}\" is not a path: write it as /healthz"));
+            return None;
+        }
+        if timeout >= interval {
+            let at = file.timeout_ms.as_ref().map_or_else(|| span(check), span);
+            self.error(at, format!("timeout_ms ({timeout}) must be shorter than interval_ms ({interval})"));
+            return None;
+        }
+        Some(ActiveCheck {
+            path: path.clone(),
+            interval: Duration::from_millis(interval),
+            timeout: Duration::from_millis(timeout),
+            unhealthy_after: unhealthy_after as u32,
+            healthy_after: healthy_after as u32,
+        })
     }
 
     /// `url` (one endpoint) or `endpoints` (several), exactly one of them; every endpoint
