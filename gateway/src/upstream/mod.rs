@@ -31,6 +31,7 @@ use hyper::body::Incoming;
 
 pub use client_body::{ClientFault, GuardedBody};
 use gateway_plugin_endpoints::{ActiveCheck, Balance, Ejection, EndpointHealth, EndpointState, may_eject_one_more};
+use gateway_plugin_metrics::EndpointCounters;
 pub use http1::PooledBody;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -130,8 +131,10 @@ pub(crate) enum Transport {
 pub struct Endpoint {
     /// `host:port`, as a label and a `Host` value.
     pub address: HeaderValue,
-    /// Outstanding requests (the balancer's load) and, later, health.
+    /// Outstanding requests (the balancer's load) and health.
     pub health: EndpointHealth,
+    /// Its `gateway_upstream_requests_total` series.
+    counters: EndpointCounters,
     transport: Transport,
 }
 
@@ -228,6 +231,7 @@ impl Upstream {
             .map(|authority| Endpoint {
                 address: HeaderValue::from_str(authority.as_str()).expect("a url authority is a valid header value"),
                 health: EndpointHealth::new(),
+                counters: EndpointCounters::default(),
                 transport: match settings.protocol {
                     Protocol::Http1 => Transport::Http1(http1::Http1::new(&settings, authority)),
                     Protocol::Http2 => Transport::Http2(http2::Http2::new(&settings, authority)),
@@ -250,6 +254,7 @@ impl Upstream {
         let endpoint = Endpoint {
             address: self.endpoints[0].address.clone(),
             health: EndpointHealth::new(),
+            counters: EndpointCounters::default(),
             transport: Transport::Memory(service),
         };
         Upstream {
@@ -364,7 +369,8 @@ impl Upstream {
             Either::Left(body) if !body.is_end_stream() => Some(body.sent_signal()),
             _ => None,
         };
-        let now = crate::clock::now();
+        // Without checks or ejection every endpoint is always in: no clock read needed.
+        let now = if self.tracks_health() { crate::clock::now() } else { Duration::ZERO };
         let Some(endpoint) = self.pick_endpoint(now) else {
             return Err(SendFailure {
                 error: UpstreamError::NoHealthyEndpoint { upstream: self.name.clone() },
@@ -407,6 +413,8 @@ impl Upstream {
                 Err(SendFailure { error, unsent: None })
             }
         };
+        let status = result.as_ref().ok().map(|response| response.status().as_u16());
+        endpoint.counters.record(&self.name, endpoint.address.to_str().unwrap_or_default(), status);
         if let Some(eject) = &self.settings.eject {
             self.record_outcome(endpoint, &result, eject);
         }

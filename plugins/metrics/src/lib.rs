@@ -102,6 +102,31 @@ impl RouteHandles {
     }
 }
 
+/// `gateway_upstream_requests_total{upstream,endpoint,status_class}` of one endpoint,
+/// registered on its first request (like the route handles).
+#[derive(Debug, Default)]
+pub struct EndpointCounters {
+    handles: std::sync::OnceLock<[Counter; STATUS_CLASSES.len() + 1]>,
+}
+
+impl EndpointCounters {
+    /// Counts one request to `endpoint` of `upstream`: its response status, or `None`
+    /// when no response head came (class `error`).
+    pub fn record(&self, upstream: &str, endpoint: &str, status: Option<u16>) {
+        let handles = self.handles.get_or_init(|| {
+            std::array::from_fn(|class| {
+                counter!(
+                    names::UPSTREAM_REQUESTS_TOTAL,
+                    "upstream" => upstream.to_owned(),
+                    "endpoint" => endpoint.to_owned(),
+                    "status_class" => STATUS_CLASSES.get(class).copied().unwrap_or("error"),
+                )
+            })
+        });
+        handles[status.map_or(STATUS_CLASSES.len(), status_class_index)].increment(1);
+    }
+}
+
 fn status_class_index(status: u16) -> usize {
     (usize::from(status) / 100).clamp(1, STATUS_CLASSES.len()) - 1
 }

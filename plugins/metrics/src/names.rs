@@ -43,3 +43,6 @@ pub const TARGET_NONE: &str = "none";
 pub const UPSTREAM_NONE: &str = "none";
 /// Gauge: endpoints of an upstream by `state` (`healthy`, `unhealthy`, `ejected`).
 pub const UPSTREAM_ENDPOINTS: &str = "gateway_upstream_endpoints";
+/// Counter: requests sent to each endpoint of an upstream, by `status_class` (`1xx`..`5xx`,
+/// or `error` when no response head came).
+pub const UPSTREAM_REQUESTS_TOTAL: &str = "gateway_upstream_requests_total";

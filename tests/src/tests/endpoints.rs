@@ -51,6 +51,15 @@ async fn round_robin_takes_turns() {
     }
     let counts: Vec<usize> = instances.iter().map(RunningMock::count).collect();
     assert_eq!(counts, [10, 10, 10]);
+    let metrics = get(&format!("http://{}/metrics", gateway.admin)).await;
+    let text = String::from_utf8_lossy(&metrics.body);
+    for instance in &instances {
+        let series = format!(
+            r#"gateway_upstream_requests_total{{upstream="users",endpoint="{}",status_class="2xx"}} 10"#,
+            instance.addr
+        );
+        assert!(text.contains(&series), "{series} in\n{text}");
+    }
     let config = get(&format!("http://{}/admin/config", gateway.admin)).await.json();
     let endpoints = config["upstreams"]["users"]["endpoints"].as_array().expect("a list").clone();
     assert_eq!(endpoints.len(), 3);
