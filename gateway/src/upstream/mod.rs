@@ -414,7 +414,9 @@ impl Upstream {
             }
         };
         let status = result.as_ref().ok().map(|response| response.status().as_u16());
-        endpoint.counters.record(&self.name, endpoint.address.to_str().unwrap_or_default(), status);
+        endpoint
+            .counters
+            .record(status, || (self.name.to_string(), endpoint.address.to_str().unwrap_or_default().to_owned()));
         if let Some(eject) = &self.settings.eject {
             self.record_outcome(endpoint, &result, eject);
         }

@@ -110,15 +110,16 @@ pub struct EndpointCounters {
 }
 
 impl EndpointCounters {
-    /// Counts one request to `endpoint` of `upstream`: its response status, or `None`
-    /// when no response head came (class `error`).
-    pub fn record(&self, upstream: &str, endpoint: &str, status: Option<u16>) {
+    /// Counts one request: its response status, or `None` when no response head came
+    /// (class `error`). `labels` (upstream, endpoint) is called on the first request only.
+    pub fn record(&self, status: Option<u16>, labels: impl FnOnce() -> (String, String)) {
         let handles = self.handles.get_or_init(|| {
+            let (upstream, endpoint) = labels();
             std::array::from_fn(|class| {
                 counter!(
                     names::UPSTREAM_REQUESTS_TOTAL,
-                    "upstream" => upstream.to_owned(),
-                    "endpoint" => endpoint.to_owned(),
+                    "upstream" => upstream.clone(),
+                    "endpoint" => endpoint.clone(),
                     "status_class" => STATUS_CLASSES.get(class).copied().unwrap_or("error"),
                 )
             })
