@@ -12,7 +12,7 @@ use gateway_plugin_endpoints::ActiveCheck;
 use http::{HeaderValue, Request, header};
 use http_body_util::{BodyExt, Either, Full, Limited};
 
-use super::{Endpoint, Transport, Upstream, random_u64};
+use super::{Endpoint, Upstream, random_u64};
 
 /// Most of a health response's body read (so its connection can go back to the pool).
 const MAX_CHECK_BODY_BYTES: usize = 64 * 1024;
@@ -54,12 +54,7 @@ async fn probe(upstream: &Upstream, endpoint: &Endpoint, check: &ActiveCheck) ->
     request.headers_mut().insert(header::HOST, host.clone());
     request.headers_mut().insert(header::USER_AGENT, HeaderValue::from_static("gateway-health-check"));
     let exchange = async {
-        let response: http::Response<super::ResponseBody> = match &endpoint.transport {
-            Transport::Http1(http1) => http1.exchange(&upstream.name, request).await.ok()?.map(Either::Left),
-            Transport::Http2(http2) => http2.exchange(&upstream.name, request).await.ok()?.map(Either::Left),
-            #[cfg(test)]
-            Transport::Memory(service) => service.exchange(&upstream.name, request).await.ok()?.map(Either::Right),
-        };
+        let response = endpoint.exchange(&upstream.name, request).await.ok()?;
         let passed = response.status().is_success();
         // Read (a bounded part of) the body so the connection can be reused.
         let _ = Limited::new(response.into_body(), MAX_CHECK_BODY_BYTES).collect().await;

@@ -138,6 +138,23 @@ pub struct Endpoint {
     transport: Transport,
 }
 
+impl Endpoint {
+    /// One request over this endpoint's transport, up to the response head (no timeout:
+    /// the caller sets its own).
+    async fn exchange(
+        &self,
+        name: &Arc<str>,
+        request: Request<UpstreamBody>,
+    ) -> Result<Response<ResponseBody>, SendFailure> {
+        match &self.transport {
+            Transport::Http1(http1) => http1.exchange(name, request).await.map(|r| r.map(Either::Left)),
+            Transport::Http2(http2) => http2.exchange(name, request).await.map(|r| r.map(Either::Left)),
+            #[cfg(test)]
+            Transport::Memory(service) => service.exchange(name, request).await.map(|r| r.map(Either::Right)),
+        }
+    }
+}
+
 /// A named upstream with its endpoints.
 pub struct Upstream {
     /// Name from `[upstreams.<name>]`, shared with logs and metric labels.
@@ -313,17 +330,8 @@ impl Upstream {
 
     /// Publishes `gateway_upstream_endpoints{upstream,state}`.
     pub(crate) fn report_endpoint_states(&self, now: Duration) {
-        let mut counts = [0u32; 3];
-        for endpoint in &self.endpoints {
-            counts[match endpoint.health.state(now) {
-                EndpointState::Healthy => 0,
-                EndpointState::Unhealthy => 1,
-                EndpointState::Ejected => 2,
-            }] += 1;
-        }
-        for (state, count) in
-            [EndpointState::Healthy, EndpointState::Unhealthy, EndpointState::Ejected].into_iter().zip(counts)
-        {
+        for state in [EndpointState::Healthy, EndpointState::Unhealthy, EndpointState::Ejected] {
+            let count = self.endpoints.iter().filter(|e| e.health.state(now) == state).count() as u32;
             metrics::gauge!(gateway_plugin_metrics::names::UPSTREAM_ENDPOINTS, "upstream" => self.name.to_string(), "state" => state.as_str())
                 .set(f64::from(count));
         }
@@ -382,14 +390,7 @@ impl Upstream {
         if several {
             endpoint.health.request_started();
         }
-        let exchange = async {
-            match &endpoint.transport {
-                Transport::Http1(http1) => http1.exchange(&self.name, request).await.map(|r| r.map(Either::Left)),
-                Transport::Http2(http2) => http2.exchange(&self.name, request).await.map(|r| r.map(Either::Left)),
-                #[cfg(test)]
-                Transport::Memory(service) => service.exchange(&self.name, request).await.map(|r| r.map(Either::Right)),
-            }
-        };
+        let exchange = endpoint.exchange(&self.name, request);
         let in_time = match body_sent {
             None => tokio::time::timeout(self.settings.timeout, exchange).await.ok(),
             Some(sent) => {
