@@ -26,6 +26,8 @@ pub const DEFAULT_HEALTHY_AFTER: u64 = 2;
 pub const DEFAULT_EJECT_FAILURES: u64 = 5;
 /// How long an ejection lasts: 30 seconds.
 pub const DEFAULT_EJECT_SECONDS: u64 = 30;
+/// Between two DNS lookups of a discovered upstream: 5 seconds.
+pub const DEFAULT_DISCOVERY_REFRESH_SECONDS: u64 = 5;
 /// Longest wait for the next piece of a request body: 30 seconds (milliseconds).
 pub const DEFAULT_BODY_READ_TIMEOUT_MS: u64 = 30_000;
 /// Grace period for in-flight requests on SIGTERM: 30 seconds (milliseconds).

@@ -213,6 +213,8 @@ pub struct FileUpstream {
     pub url: Option<Spanned<String>>,
     /// Several instances of the upstream, each `http://host:port` (all http or all https).
     pub endpoints: Option<Spanned<Vec<Spanned<String>>>>,
+    /// The endpoints are every A/AAAA record of a DNS name, looked up again and again.
+    pub discovery: Option<Spanned<FileDiscovery>>,
     /// How requests spread over the endpoints: `least_request` (default) or `round_robin`.
     pub balance: Option<Spanned<String>>,
     /// Active health checks of every endpoint.
@@ -243,6 +245,18 @@ pub struct FileUpstream {
     pub client_cert_file: Option<Spanned<String>>,
     /// Client key for mutual TLS, with `client_cert_file`.
     pub client_key_file: Option<Spanned<String>>,
+}
+
+/// `discovery = { dns = "NAME:PORT", refresh_seconds = 5, nameservers = ["IP:PORT"] }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDiscovery {
+    /// `NAME:PORT` (http), or `https://NAME:PORT`.
+    pub dns: Spanned<String>,
+    /// Between two lookups.
+    pub refresh_seconds: Option<Spanned<u64>>,
+    /// DNS servers to ask, `IP:PORT` (default: the system's resolv.conf).
+    pub nameservers: Option<Vec<Spanned<String>>>,
 }
 
 /// `health_check = { path, interval_ms, timeout_ms, unhealthy_after, healthy_after }`.

@@ -116,6 +116,17 @@ fn config_document(gateway: &Gateway) -> serde_json::Value {
                     "host_header": s.host_header.to_string(),
                     "protocol": s.protocol.as_str(),
                     "balance": s.balance.as_str(),
+                    "discovery": s.discovery.as_ref().map(|dns| {
+                        let mut shown = json!({
+                            "dns": format!("{}:{}", dns.name, dns.port),
+                            "refresh_seconds": dns.refresh.as_secs(),
+                            "nameservers": dns.nameservers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                        });
+                        if let (Some(status), Some(fields)) = (u.discovery_status(), shown.as_object_mut()) {
+                            fields.extend(status.to_json(crate::clock::now()));
+                        }
+                        shown
+                    }),
                     "endpoints": u.endpoints().iter().map(|e| json!({
                         "address": e.address.to_str().unwrap_or_default(),
                         "state": e.health.state(crate::clock::now()).as_str(),

@@ -72,9 +72,11 @@ impl Gateway {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// True once the config is loaded and both listeners are bound.
+    /// True once the config is loaded, both listeners are bound and every upstream found
+    /// through DNS has had its first lookup (answered or not).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+            && self.config.load().upstreams.values().all(|u| u.discovery_status().is_none_or(|d| d.settled()))
     }
 
     /// Prometheus text of every metric.
@@ -93,6 +95,6 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 /// previous snapshot already runs its own (once per handle).
 fn start_health_checks(snapshot: &Snapshot) {
     for upstream in snapshot.upstreams.values() {
-        upstream.start_health_checks();
+        upstream.start_background_tasks();
     }
 }

@@ -23,12 +23,12 @@ pub(super) async fn run_checks(upstream: Weak<Upstream>, check: ActiveCheck) {
         let jitter = random_u64() % (interval_ms / 5 + 1);
         tokio::time::sleep(Duration::from_millis(interval_ms - interval_ms / 10 + jitter)).await;
         let Some(upstream) = upstream.upgrade() else { return };
-        let results = futures_util::future::join_all(
-            upstream.endpoints.iter().map(|endpoint| probe(&upstream, endpoint, &check)),
-        )
-        .await;
+        // This round's endpoints (a DNS answer may change them meanwhile).
+        let endpoints = upstream.endpoints.load_full();
+        let results =
+            futures_util::future::join_all(endpoints.iter().map(|endpoint| probe(&upstream, endpoint, &check))).await;
         let now = crate::clock::now();
-        for (endpoint, passed) in upstream.endpoints.iter().zip(results) {
+        for (endpoint, passed) in endpoints.iter().zip(results) {
             if let Some(state) = endpoint.health.record_check(passed, &check, now) {
                 tracing::warn!(
                     upstream = %upstream.name,
@@ -50,7 +50,7 @@ async fn probe(upstream: &Upstream, endpoint: &Endpoint, check: &ActiveCheck) ->
         Ok(uri) => uri,
         Err(_) => return false,
     };
-    let host = upstream.settings.host_header.replacement(&endpoint.address).unwrap_or(&endpoint.address);
+    let host = upstream.settings.host_header.replacement(&endpoint.host).unwrap_or(&endpoint.host);
     request.headers_mut().insert(header::HOST, host.clone());
     request.headers_mut().insert(header::USER_AGENT, HeaderValue::from_static("gateway-health-check"));
     let exchange = async {

@@ -12,14 +12,18 @@
 
 pub(crate) mod call;
 pub mod client_body;
+pub mod discovery;
 mod health;
 pub(crate) mod http1;
 pub(crate) mod http2;
 #[cfg(test)]
 pub(crate) mod memory;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+
+use arc_swap::ArcSwap;
 
 use bytes::Bytes;
 use gateway_plugin_breaker::{Breaker, BreakerSettings};
@@ -30,6 +34,7 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 
 pub use client_body::{ClientFault, GuardedBody};
+pub use discovery::{DiscoveryStatus, DnsDiscovery};
 use gateway_plugin_endpoints::{ActiveCheck, Balance, Ejection, EndpointHealth, EndpointState, may_eject_one_more};
 use gateway_plugin_metrics::EndpointCounters;
 pub use http1::PooledBody;
@@ -67,8 +72,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct UpstreamSettings {
     /// Name from `[upstreams.<name>]`.
     pub name: String,
-    /// The configured url, for display.
+    /// The configured url (or endpoints, or DNS name), for display.
     pub url: String,
+    /// The fixed endpoints (`url` or `endpoints`); empty when `discovery` finds them.
+    pub endpoints: Vec<http::uri::Authority>,
+    /// DNS discovery of the endpoints, when configured.
+    pub discovery: Option<DnsDiscovery>,
     /// Response-head timeout, counted from the start of the exchange.
     pub timeout: Duration,
     /// TCP connect timeout.
@@ -93,6 +102,18 @@ pub struct UpstreamSettings {
     pub protocol: Protocol,
     /// For an `https://` url: trust, name and client certificate.
     pub tls: Option<crate::tls::UpstreamTls>,
+}
+
+impl UpstreamSettings {
+    /// True when an endpoint built for `self` reaches its address exactly as one built for
+    /// `other` would (protocol, TLS, timeouts, pool): a reload may keep it.
+    pub fn same_transport(&self, other: &UpstreamSettings) -> bool {
+        self.protocol == other.protocol
+            && self.tls == other.tls
+            && self.connect_timeout == other.connect_timeout
+            && self.pool_idle_timeout == other.pool_idle_timeout
+            && self.pool_max_idle == other.pool_max_idle
+    }
 }
 
 /// `protocol` on an upstream.
@@ -129,8 +150,11 @@ pub(crate) enum Transport {
 /// One instance of an upstream: its address, its own pool (or HTTP/2 connection) and its
 /// load.
 pub struct Endpoint {
-    /// `host:port`, as a label and a `Host` value.
+    /// `host:port` connected to, as a label (and the `Host` of a fixed endpoint).
     pub address: HeaderValue,
+    /// The `Host` of `host_header = "upstream"`: the address of a fixed endpoint, the
+    /// DNS name and port of a discovered one.
+    host: HeaderValue,
     /// Outstanding requests (the balancer's load) and health.
     pub health: EndpointHealth,
     /// Its `gateway_upstream_requests_total` series.
@@ -139,6 +163,20 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// An endpoint with an empty pool and a clean bill of health.
+    fn new(settings: &UpstreamSettings, authority: &http::uri::Authority, host: HeaderValue) -> Self {
+        Endpoint {
+            address: HeaderValue::from_str(authority.as_str()).expect("a url authority is a valid header value"),
+            host,
+            health: EndpointHealth::new(),
+            counters: EndpointCounters::default(),
+            transport: match settings.protocol {
+                Protocol::Http1 => Transport::Http1(http1::Http1::new(settings, authority)),
+                Protocol::Http2 => Transport::Http2(http2::Http2::new(settings, authority)),
+            },
+        }
+    }
+
     /// One request over this endpoint's transport, up to the response head (no timeout:
     /// the caller sets its own).
     async fn exchange(
@@ -163,12 +201,17 @@ pub struct Upstream {
     pub settings: UpstreamSettings,
     /// The circuit breaker, when configured; kept across reloads while the url is the same.
     pub breaker: Option<Arc<Breaker>>,
-    /// Never empty: the config has a `url` or at least one of `endpoints`.
-    endpoints: Vec<Endpoint>,
+    /// The endpoints now: the fixed list, or the last DNS answer (empty before the first).
+    /// Swapped whole; a request holds the endpoint it was sent to.
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    /// The configured `host:port` (the first fixed endpoint, or the DNS name).
+    host: HeaderValue,
+    /// What DNS discovery found, when it runs.
+    discovery_status: DiscoveryStatus,
     /// Round robin's next turn.
     turn: AtomicUsize,
-    /// The health checker has been started (once per upstream handle).
-    checking: std::sync::Once,
+    /// The health checker and the DNS discovery have been started (once per handle).
+    background: std::sync::Once,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -234,34 +277,66 @@ pub enum UpstreamError {
 }
 
 impl Upstream {
-    /// Builds the upstream with one (empty) pool per endpoint. `authorities` come from the
-    /// validated url or endpoints (at least one); `breaker` is the one to keep from the
-    /// previous config, if any.
-    pub fn new(
-        settings: UpstreamSettings,
-        authorities: &[http::uri::Authority],
-        breaker: Option<Arc<Breaker>>,
-    ) -> Self {
-        assert!(!authorities.is_empty(), "config validation guarantees an endpoint");
-        let endpoints = authorities
-            .iter()
-            .map(|authority| Endpoint {
-                address: HeaderValue::from_str(authority.as_str()).expect("a url authority is a valid header value"),
-                health: EndpointHealth::new(),
-                counters: EndpointCounters::default(),
-                transport: match settings.protocol {
-                    Protocol::Http1 => Transport::Http1(http1::Http1::new(&settings, authority)),
-                    Protocol::Http2 => Transport::Http2(http2::Http2::new(&settings, authority)),
-                },
-            })
-            .collect();
+    /// Builds the upstream. Endpoints of `previous` (the handle a reload replaces) that are
+    /// still configured, or still in its last DNS answer, are kept with their pool, health
+    /// and load when they are reached the same way; the others start empty. `breaker` is
+    /// the one to keep from the previous config, if any.
+    pub fn new(settings: UpstreamSettings, breaker: Option<Arc<Breaker>>, previous: Option<&Upstream>) -> Self {
+        let host = match (&settings.endpoints[..], &settings.discovery) {
+            ([first, ..], _) => HeaderValue::from_str(first.as_str()),
+            ([], Some(dns)) => HeaderValue::from_str(&format!("{}:{}", dns.name, dns.port)),
+            ([], None) => unreachable!("config validation guarantees an endpoint or discovery"),
+        }
+        .expect("a validated authority is a valid header value");
+        let kept = previous.filter(|before| before.settings.same_transport(&settings));
+        let reuse = |address: &str, host: &HeaderValue| {
+            let endpoint = kept?.endpoints.load().iter().find(|e| e.address == address && e.host == host)?.clone();
+            endpoint.health.forget_unconfigured(settings.health_check.is_some(), settings.eject.is_some());
+            Some(endpoint)
+        };
+        let endpoints: Vec<Arc<Endpoint>> = match &settings.discovery {
+            None => settings
+                .endpoints
+                .iter()
+                .map(|authority| {
+                    let host =
+                        HeaderValue::from_str(authority.as_str()).expect("a url authority is a valid header value");
+                    reuse(authority.as_str(), &host)
+                        .unwrap_or_else(|| Arc::new(Endpoint::new(&settings, authority, host)))
+                })
+                .collect(),
+            // The last answer of the same name carries over until the first lookup.
+            Some(dns) => previous
+                .filter(|before| {
+                    before.settings.discovery.as_ref().is_some_and(|d| d.name == dns.name && d.port == dns.port)
+                })
+                .map(|before| {
+                    before
+                        .endpoints
+                        .load()
+                        .iter()
+                        .filter_map(|e| e.address.to_str().ok()?.parse::<http::uri::Authority>().ok())
+                        .map(|authority| {
+                            reuse(authority.as_str(), &host)
+                                .unwrap_or_else(|| Arc::new(Endpoint::new(&settings, &authority, host.clone())))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        };
+        let discovery_status = DiscoveryStatus::default();
+        if let Some(before) = previous.filter(|_| !endpoints.is_empty() && settings.discovery.is_some()) {
+            discovery_status.carry_over(&before.discovery_status);
+        }
         Upstream {
             name: Arc::from(settings.name.as_str()),
             settings,
             breaker,
-            endpoints,
+            endpoints: ArcSwap::from_pointee(endpoints),
+            host,
+            discovery_status,
             turn: AtomicUsize::new(0),
-            checking: std::sync::Once::new(),
+            background: std::sync::Once::new(),
         }
     }
 
@@ -269,7 +344,8 @@ impl Upstream {
     #[cfg(test)]
     pub(crate) fn with_memory_transport(&self, service: memory::MemoryService) -> Self {
         let endpoint = Endpoint {
-            address: self.endpoints[0].address.clone(),
+            address: self.host.clone(),
+            host: self.host.clone(),
             health: EndpointHealth::new(),
             counters: EndpointCounters::default(),
             transport: Transport::Memory(service),
@@ -278,15 +354,53 @@ impl Upstream {
             name: self.name.clone(),
             settings: self.settings.clone(),
             breaker: self.breaker.clone(),
-            endpoints: vec![endpoint],
+            endpoints: ArcSwap::from_pointee(vec![Arc::new(endpoint)]),
+            host: self.host.clone(),
+            discovery_status: DiscoveryStatus::default(),
             turn: AtomicUsize::new(0),
-            checking: std::sync::Once::new(),
+            background: std::sync::Once::new(),
         }
     }
 
-    /// The endpoints, in config order.
-    pub fn endpoints(&self) -> &[Endpoint] {
-        &self.endpoints
+    /// The endpoints now, in config order (or address order when discovered).
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints.load_full()
+    }
+
+    /// What DNS discovery found, when the upstream uses it.
+    pub fn discovery_status(&self) -> Option<&DiscoveryStatus> {
+        self.settings.discovery.as_ref().map(|_| &self.discovery_status)
+    }
+
+    /// Replaces the endpoints with `addresses` (a DNS answer) when they differ: endpoints
+    /// still present are kept as they are, new ones start empty. True when it changed.
+    fn replace_endpoints(&self, addresses: &[SocketAddr]) -> bool {
+        let current = self.endpoints.load();
+        let unchanged = current.len() == addresses.len()
+            && current.iter().zip(addresses).all(|(e, a)| e.address.to_str().ok() == Some(a.to_string().as_str()));
+        if unchanged {
+            return false;
+        }
+        let mut added = Vec::new();
+        let next: Vec<Arc<Endpoint>> = addresses
+            .iter()
+            .map(|address| {
+                let text = address.to_string();
+                current.iter().find(|e| e.address == text.as_str()).cloned().unwrap_or_else(|| {
+                    let authority: http::uri::Authority = text.parse().expect("a socket address is an authority");
+                    added.push(text);
+                    Arc::new(Endpoint::new(&self.settings, &authority, self.host.clone()))
+                })
+            })
+            .collect();
+        let removed: Vec<&str> = current
+            .iter()
+            .filter(|e| !addresses.iter().any(|a| e.address == a.to_string().as_str()))
+            .filter_map(|e| e.address.to_str().ok())
+            .collect();
+        tracing::info!(upstream = %self.name, ?added, ?removed, endpoints = next.len(), "DNS answer changed the endpoints");
+        self.endpoints.store(Arc::new(next));
+        true
     }
 
     /// True when endpoints can be out (health checks or ejection are configured).
@@ -296,10 +410,10 @@ impl Upstream {
 
     /// The endpoint for the next request: the only one, or the balancer's pick among the
     /// available; `None` when every endpoint is out.
-    fn pick_endpoint(&self, now: Duration) -> Option<&Endpoint> {
-        let endpoints = &self.endpoints;
+    fn pick_endpoint(&self, now: Duration) -> Option<Arc<Endpoint>> {
+        let endpoints = self.endpoints.load();
         if let [only] = endpoints.as_slice() {
-            return (!self.tracks_health() || only.health.is_available(now)).then_some(only);
+            return (!self.tracks_health() || only.health.is_available(now)).then(|| only.clone());
         }
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         gateway_plugin_endpoints::pick(
@@ -310,28 +424,32 @@ impl Upstream {
             random_u64(),
             turn,
         )
-        .map(|i| &endpoints[i])
+        .map(|i| endpoints[i].clone())
     }
 
-    /// Starts the active health checks of this upstream's endpoints, once per handle, if
-    /// it has any. They run off the data plane, jittered, and stop when the handle is
+    /// Starts the active health checks and the DNS discovery of this upstream, once per
+    /// handle, where configured. They run off the data plane and stop when the handle is
     /// dropped (a reload that replaced it).
-    pub fn start_health_checks(self: &Arc<Self>) {
-        let Some(check) = self.settings.health_check.clone() else { return };
-        // `gateway check` and pure tests compile snapshots without a runtime: no checks.
+    pub fn start_background_tasks(self: &Arc<Self>) {
+        // `gateway check` and pure tests compile snapshots without a runtime: no tasks.
         if tokio::runtime::Handle::try_current().is_err() {
             return;
         }
-        self.checking.call_once(|| {
-            let upstream = Arc::downgrade(self);
-            tokio::spawn(health::run_checks(upstream, check));
+        self.background.call_once(|| {
+            if let Some(check) = self.settings.health_check.clone() {
+                tokio::spawn(health::run_checks(Arc::downgrade(self), check));
+            }
+            if let Some(dns) = self.settings.discovery.clone() {
+                tokio::spawn(discovery::run_discovery(Arc::downgrade(self), dns));
+            }
         });
     }
 
     /// Publishes `gateway_upstream_endpoints{upstream,state}`.
     pub(crate) fn report_endpoint_states(&self, now: Duration) {
+        let endpoints = self.endpoints.load();
         for state in [EndpointState::Healthy, EndpointState::Unhealthy, EndpointState::Ejected] {
-            let count = self.endpoints.iter().filter(|e| e.health.state(now) == state).count() as u32;
+            let count = endpoints.iter().filter(|e| e.health.state(now) == state).count() as u32;
             metrics::gauge!(gateway_plugin_metrics::names::UPSTREAM_ENDPOINTS, "upstream" => self.name.to_string(), "state" => state.as_str())
                 .set(f64::from(count));
         }
@@ -342,21 +460,22 @@ impl Upstream {
         self.settings.failure_statuses.iter().any(|(low, high)| (*low..=*high).contains(&status))
     }
 
-    /// The (first) endpoint's host:port: the `Host` of `host_header = "upstream"`, and of
-    /// requests that carry none (HTTP/1.0 clients, the gateway's own requests) in `client`
-    /// mode. With several endpoints each request gets the one it is sent to.
+    /// The configured host:port (the first endpoint's, or the DNS name's): the `Host` of
+    /// `host_header = "upstream"`, and of requests that carry none (HTTP/1.0 clients, the
+    /// gateway's own requests) in `client` mode. With several fixed endpoints each request
+    /// gets the one it is sent to.
     pub fn authority(&self) -> &HeaderValue {
-        &self.endpoints[0].address
+        &self.host
     }
 
-    /// Sets the `Host` the endpoint at `address` is to receive, as `host_header` says.
-    fn set_host(&self, address: &HeaderValue, headers: &mut HeaderMap) {
-        match self.settings.host_header.replacement(address) {
+    /// Sets the `Host` the endpoint is to receive, as `host_header` says.
+    fn set_host(&self, endpoint: &Endpoint, headers: &mut HeaderMap) {
+        match self.settings.host_header.replacement(&endpoint.host) {
             Some(host) => {
                 headers.insert(header::HOST, host.clone());
             }
             None if !headers.contains_key(header::HOST) => {
-                headers.insert(header::HOST, address.clone());
+                headers.insert(header::HOST, endpoint.host.clone());
             }
             None => {}
         }
@@ -385,8 +504,8 @@ impl Upstream {
                 unsent: Some(request),
             });
         };
-        self.set_host(&endpoint.address, request.headers_mut());
-        let several = self.endpoints.len() > 1;
+        self.set_host(&endpoint, request.headers_mut());
+        let several = self.settings.discovery.is_some() || self.settings.endpoints.len() > 1;
         if several {
             endpoint.health.request_started();
         }
@@ -419,7 +538,7 @@ impl Upstream {
             .counters
             .record(status, || (self.name.to_string(), endpoint.address.to_str().unwrap_or_default().to_owned()));
         if let Some(eject) = &self.settings.eject {
-            self.record_outcome(endpoint, &result, eject);
+            self.record_outcome(&endpoint, &result, eject);
         }
         result
     }
@@ -438,7 +557,7 @@ impl Upstream {
             Err(_) => true,
         };
         let now = crate::clock::now();
-        let may_eject = failed && may_eject_one_more(self.endpoints.iter().map(|e| &e.health), now);
+        let may_eject = failed && may_eject_one_more(self.endpoints.load().iter().map(|e| &e.health), now);
         if endpoint.health.record_response(failed, eject, now, may_eject) {
             tracing::warn!(
                 upstream = %self.name,

@@ -127,6 +127,25 @@ impl EndpointHealth {
         let _ = self.outstanding.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
+    /// Forgets what active checks (`checks = false`) or ejections (`ejection = false`)
+    /// decided, for an endpoint kept by a reload whose config no longer has them.
+    pub fn forget_unconfigured(&self, checks: bool, ejection: bool) {
+        let mut counts = self.lock();
+        if !checks && self.checks_down.swap(false, Ordering::Relaxed) {
+            counts.reason = Some("health checks are no longer configured".to_owned());
+        }
+        if !checks {
+            counts.checks_failed = 0;
+            counts.checks_passed = 0;
+        }
+        if !ejection && self.ejected_until_ms.swap(0, Ordering::Relaxed) != 0 {
+            counts.reason = Some("ejection is no longer configured".to_owned());
+        }
+        if !ejection {
+            counts.responses_failed = 0;
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
         self.counts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -263,6 +282,27 @@ mod tests {
         assert_eq!(ejected, 2, "at most half of 4");
         assert_eq!(endpoints.iter().filter(|e| e.is_available(t)).count(), 2);
         assert!(!may_eject_one_more(&endpoints[..1], t), "one endpoint alone is never ejected");
+    }
+
+    #[test]
+    fn a_reload_without_checks_or_ejection_brings_a_kept_endpoint_back() {
+        let t = Duration::from_secs(5);
+        let endpoint = EndpointHealth::new();
+        for _ in 0..3 {
+            endpoint.record_check(false, &check(), t);
+        }
+        assert_eq!(endpoint.state(t), EndpointState::Unhealthy);
+        endpoint.forget_unconfigured(true, true);
+        assert_eq!(endpoint.state(t), EndpointState::Unhealthy, "still configured: kept");
+        endpoint.forget_unconfigured(false, true);
+        assert_eq!(endpoint.state(t), EndpointState::Healthy);
+
+        endpoint.record_response(true, &EJECT, t, true);
+        endpoint.record_response(true, &EJECT, t, true);
+        assert_eq!(endpoint.state(t), EndpointState::Ejected);
+        endpoint.forget_unconfigured(false, false);
+        assert_eq!(endpoint.state(t), EndpointState::Healthy);
+        assert_eq!(endpoint.reason().as_deref(), Some("ejection is no longer configured"));
     }
 
     #[test]

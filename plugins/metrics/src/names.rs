@@ -46,3 +46,5 @@ pub const UPSTREAM_ENDPOINTS: &str = "gateway_upstream_endpoints";
 /// Counter: requests sent to each endpoint of an upstream, by `status_class` (`1xx`..`5xx`,
 /// or `error` when no response head came).
 pub const UPSTREAM_REQUESTS_TOTAL: &str = "gateway_upstream_requests_total";
+/// Counter: DNS discovery lookups of an upstream by `result` (`ok`, `error`).
+pub const DISCOVERY_LOOKUPS: &str = "gateway_discovery_lookups_total";

@@ -1,11 +1,13 @@
 //! Test building blocks. Every network wait is bounded by [`IO_TIMEOUT`].
 
 mod client;
+mod dns;
 mod gateway;
 pub mod tokens;
 mod upstream;
 
 pub use client::{Reply, get, get_with, raw_exchange, send, send_h2};
+pub use dns::TestDns;
 pub use gateway::{TestGateway, base_config};
 pub use upstream::{MockUpstream, Recorded, RunningMock};
 

@@ -97,6 +97,17 @@ impl MockUpstream {
     /// Starts serving on 127.0.0.1:0.
     pub async fn start(self) -> RunningMock {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind the mock upstream");
+        self.serve(listener)
+    }
+
+    /// Starts serving on `addr` (DNS discovery tests: several loopback addresses, one
+    /// port); `None` when the address is taken.
+    pub async fn start_at(self, addr: SocketAddr) -> Option<RunningMock> {
+        let listener = TcpListener::bind(addr).await.ok()?;
+        Some(self.serve(listener))
+    }
+
+    fn serve(self, listener: TcpListener) -> RunningMock {
         let addr = listener.local_addr().expect("a bound listener has an address");
         let recorded = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));

@@ -41,14 +41,14 @@ use toml::de::{DeString, DeTable, DeValue};
 use super::defaults::*;
 use super::error::{ConfigError, Diagnostic, SourceMap};
 use super::file::{
-    FileAggregate, FileAudience, FileAuth, FileAuthMode, FileBreaker, FileConfig, FileFallback, FileHealthCheck,
-    FileRoute, FileSegment, FileServer, FileSide, FileUpstream,
+    FileAggregate, FileAudience, FileAuth, FileAuthMode, FileBreaker, FileConfig, FileDiscovery, FileFallback,
+    FileHealthCheck, FileRoute, FileSegment, FileServer, FileSide, FileUpstream,
 };
 use crate::routing::normalize::normalize_path;
 use crate::routing::router::Router;
 use crate::snapshot::{ConfigMeta, Fallback, PhasePlugins, Route, ServerSettings, Snapshot, UnderscoreHeaders};
 use crate::tls::{Certificates, PairError};
-use crate::upstream::{Protocol, Upstream, UpstreamSettings};
+use crate::upstream::{DnsDiscovery, Protocol, Upstream, UpstreamSettings};
 
 /// Most worker threads accepted.
 const MAX_WORKERS: u64 = 1024;
@@ -144,7 +144,7 @@ struct Checked {
     default_upstream: String,
     default_auth: AuthMode,
     auth: Option<Authenticator>,
-    upstreams: Vec<(UpstreamSettings, Vec<Authority>)>,
+    upstreams: Vec<UpstreamSettings>,
     routes: Vec<CheckedRoute>,
     /// Every registered policy's compiled sections.
     policy_tables: Vec<CompiledSections>,
@@ -365,7 +365,7 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>, regist
     let upstreams: BTreeMap<String, Arc<Upstream>> = checked
         .upstreams
         .into_iter()
-        .map(|(settings, authorities)| {
+        .map(|settings| {
             let before = previous.and_then(|p| p.upstreams.get(&settings.name));
             let upstream = match before {
                 Some(before) if before.settings == settings => before.clone(),
@@ -380,7 +380,7 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>, regist
                             None => Breaker::new(thresholds),
                         }
                     });
-                    Arc::new(Upstream::new(settings, &authorities, breaker))
+                    Arc::new(Upstream::new(settings, breaker, before.map(|b| &**b)))
                 }
             };
             (upstream.settings.name.clone(), upstream)

@@ -600,9 +600,13 @@ fn an_upstream_has_a_url_or_endpoints() {
         (users("endpoints = []"), "upstreams.users.endpoints: give at least one endpoint, or a url"),
         (
             users("url = \"http://127.0.0.1:3001\"\nendpoints = [\"http://127.0.0.1:3002\"]"),
-            "upstreams.users.url: give url (one endpoint) or endpoints (several), not both",
+            "upstreams.users.endpoints: give one of url (one endpoint), endpoints (several) or discovery (DNS)",
         ),
-        (users(""), "upstreams.users: give url = \"http://HOST:PORT\" or endpoints = [...]"),
+        (
+            users("url = \"http://127.0.0.1:3001\"\ndiscovery = { dns = \"users.service.consul:3001\" }"),
+            "upstreams.users.discovery: give one of url",
+        ),
+        (users(""), "upstreams.users: give url = \"http://HOST:PORT\", endpoints = [...] or discovery = { dns = ... }"),
         (
             users("endpoints = [\"http://127.0.0.1:3001\", \"https://127.0.0.1:3002\"]"),
             "endpoints are all http:// or all https://",
@@ -622,6 +626,82 @@ fn an_upstream_has_a_url_or_endpoints() {
     assert_eq!(addresses, ["127.0.0.1:3001", "127.0.0.1:3002"]);
     assert_eq!(upstream.settings.balance, gateway_plugin_endpoints::Balance::RoundRobin);
     assert_eq!(snapshot.upstreams["monolith"].settings.balance, gateway_plugin_endpoints::Balance::LeastRequest);
+}
+
+#[test]
+fn discovery_takes_a_name_a_port_and_optional_nameservers() {
+    let users = |keys: &str| BASE.replace("url = \"http://127.0.0.1:3001\"", keys);
+    assert_each_error(&[
+        (users("discovery = { dns = \"10.0.0.1:3001\" }"), "is an address, not a name: list it in endpoints instead"),
+        (users("discovery = { dns = \"users.service.consul:3001/v1\" }"), "upstreams.users.discovery.dns: "),
+        (
+            users("discovery = { dns = \"users.service.consul:3001\", nameservers = [\"localhost\"] }"),
+            "\"localhost\" is not a nameserver: write IP:PORT",
+        ),
+        (users("discovery = { dns = \"users:1\", refresh_seconds = 0 }"), "upstreams.users.discovery.refresh_seconds"),
+        (users("discovery = { dns = \"users:1\", ttl = 3 }"), "unknown field `ttl`"),
+    ]);
+    let text = users(
+        "discovery = { dns = \"users.service.consul:3001\", refresh_seconds = 2, nameservers = [\"127.0.0.1:8600\"] }\n\
+         host_header = \"upstream\"",
+    );
+    let snapshot = compile(Path::new("routes.toml"), &text, 1).expect("valid");
+    let users = &snapshot.upstreams["users"];
+    let dns = users.settings.discovery.clone().expect("discovery");
+    assert_eq!((dns.name.as_str(), dns.port, dns.refresh), ("users.service.consul", 3001, Duration::from_secs(2)));
+    assert_eq!(dns.nameservers, ["127.0.0.1:8600".parse::<SocketAddr>().unwrap()]);
+    assert!(users.endpoints().is_empty(), "no endpoint before the first answer");
+    assert_eq!(users.authority(), "users.service.consul:3001", "the Host of host_header = upstream");
+    // https:// and the default port.
+    let https = compile(
+        Path::new("routes.toml"),
+        &BASE.replace("url = \"http://127.0.0.1:3001\"", "discovery = { dns = \"https://users.internal\" }"),
+        1,
+    )
+    .expect("valid");
+    let dns = https.upstreams["users"].settings.discovery.clone().expect("discovery");
+    assert_eq!(dns.port, 443);
+    assert!(https.upstreams["users"].settings.tls.is_some());
+}
+
+#[test]
+fn a_reload_keeps_the_endpoints_it_still_lists_with_their_state() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("routes.toml");
+    let with = |endpoints: &str, timeout: u32| {
+        BASE.replace("url = \"http://127.0.0.1:3001\"", &format!("endpoints = [{endpoints}]"))
+            .replace("timeout_ms = 2000", &format!("timeout_ms = {timeout}\neject = {{ consecutive_failures = 1 }}"))
+    };
+    std::fs::write(&path, with("\"http://127.0.0.1:3001\", \"http://127.0.0.1:3002\"", 2000)).expect("write");
+    let v1 = load(&path, 1).expect("valid");
+    let kept = v1.upstreams["users"].endpoints()[1].clone();
+    kept.health.record_response(
+        true,
+        &gateway_plugin_endpoints::Ejection { consecutive_failures: 1, duration: Duration::from_secs(60) },
+        crate::clock::now(),
+        true,
+    );
+
+    // Another timeout and a third endpoint: a new handle, the same two endpoints.
+    std::fs::write(
+        &path,
+        with("\"http://127.0.0.1:3001\", \"http://127.0.0.1:3002\", \"http://127.0.0.1:3003\"", 3000),
+    )
+    .expect("write");
+    let v2 = load_next(&path, &v1).expect("valid").expect("changed");
+    let endpoints = v2.upstreams["users"].endpoints();
+    assert!(!Arc::ptr_eq(&v1.upstreams["users"], &v2.upstreams["users"]));
+    assert_eq!(endpoints.len(), 3);
+    assert!(Arc::ptr_eq(&endpoints[1], &kept), "127.0.0.1:3002 kept its pool and health");
+    assert_eq!(endpoints[1].health.state(crate::clock::now()), gateway_plugin_endpoints::EndpointState::Ejected);
+    assert!(Arc::ptr_eq(&endpoints[0], &v1.upstreams["users"].endpoints()[0]));
+
+    // Another connect timeout reaches the endpoints differently: fresh ones.
+    let text = with("\"http://127.0.0.1:3002\"", 3000)
+        .replace("timeout_ms = 3000", "timeout_ms = 3000\nconnect_timeout_ms = 50");
+    std::fs::write(&path, text).expect("write");
+    let v3 = load_next(&path, &v2).expect("valid").expect("changed");
+    assert!(!Arc::ptr_eq(&v3.upstreams["users"].endpoints()[0], &kept));
 }
 
 #[test]

@@ -7,14 +7,14 @@ impl Checker<'_> {
     pub(super) fn check_upstreams(
         &mut self,
         upstreams: &BTreeMap<Spanned<String>, FileUpstream>,
-    ) -> Vec<(UpstreamSettings, Vec<Authority>)> {
+    ) -> Vec<UpstreamSettings> {
         let mut out = Vec::new();
         for (name, upstream) in upstreams {
             if !is_identifier(name.get_ref()) {
                 self.error(span(name), "upstream names use only a-z, 0-9, '-' and '_'");
             }
             let endpoints = self.upstream_endpoints(name, upstream);
-            let authority = endpoints.as_ref().and_then(|list| list.first().cloned());
+            let authority = endpoints.as_ref().map(|source| (source.authority.clone(), source.https));
             let balance = match &upstream.balance {
                 None => Some(Balance::default()),
                 Some(text) => text.get_ref().parse::<Balance>().ok().or_else(|| {
@@ -85,6 +85,8 @@ impl Checker<'_> {
                 let settings = UpstreamSettings {
                     name: name.get_ref().clone(),
                     url: upstream_url_text(upstream),
+                    endpoints: endpoints.fixed,
+                    discovery: endpoints.discovery,
                     balance,
                     health_check,
                     eject,
@@ -98,7 +100,7 @@ impl Checker<'_> {
                     protocol,
                     tls,
                 };
-                out.push((settings, endpoints.into_iter().map(|(authority, _)| authority).collect()));
+                out.push(settings);
             }
         }
         out
@@ -225,24 +227,29 @@ impl Checker<'_> {
 
     /// `url` (one endpoint) or `endpoints` (several), exactly one of them; every endpoint
     /// with its authority and whether it is https (all alike).
-    fn upstream_endpoints(
-        &mut self,
-        name: &Spanned<String>,
-        upstream: &FileUpstream,
-    ) -> Option<Vec<(Authority, bool)>> {
-        let urls: Vec<&Spanned<String>> = match (&upstream.url, &upstream.endpoints) {
-            (Some(url), None) => vec![url],
-            (None, Some(list)) if !list.get_ref().is_empty() => list.get_ref().iter().collect(),
-            (None, Some(list)) => {
+    fn upstream_endpoints(&mut self, name: &Spanned<String>, upstream: &FileUpstream) -> Option<EndpointSource> {
+        let urls: Vec<&Spanned<String>> = match (&upstream.url, &upstream.endpoints, &upstream.discovery) {
+            (Some(url), None, None) => vec![url],
+            (None, Some(list), None) if !list.get_ref().is_empty() => list.get_ref().iter().collect(),
+            (None, Some(list), None) => {
                 self.error(span(list), "give at least one endpoint, or a url");
                 return None;
             }
-            (Some(url), Some(_)) => {
-                self.error(span(url), "give url (one endpoint) or endpoints (several), not both");
+            (None, None, Some(discovery)) => return self.check_discovery(discovery),
+            (None, None, None) => {
+                self.error(
+                    span(name),
+                    "give url = \"http://HOST:PORT\", endpoints = [...] or discovery = { dns = ... }",
+                );
                 return None;
             }
-            (None, None) => {
-                self.error(span(name), "give url = \"http://HOST:PORT\" or endpoints = [...]");
+            (url, endpoints, discovery) => {
+                let at = [url.as_ref().map(span), endpoints.as_ref().map(span), discovery.as_ref().map(span)]
+                    .into_iter()
+                    .flatten()
+                    .nth(1)
+                    .expect("two of the three are given");
+                self.error(at, "give one of url (one endpoint), endpoints (several) or discovery (DNS)");
                 return None;
             }
         };
@@ -262,7 +269,54 @@ impl Checker<'_> {
                 None => valid = false,
             }
         }
-        valid.then_some(endpoints)
+        let (authority, https) = endpoints.first().cloned()?;
+        valid.then(|| EndpointSource {
+            authority,
+            https,
+            fixed: endpoints.into_iter().map(|(authority, _)| authority).collect(),
+            discovery: None,
+        })
+    }
+
+    /// `discovery = { dns, refresh_seconds, nameservers }`.
+    fn check_discovery(&mut self, discovery: &Spanned<FileDiscovery>) -> Option<EndpointSource> {
+        let file = discovery.get_ref();
+        let text = file.dns.get_ref();
+        let refresh = self.bounded(&file.refresh_seconds, DEFAULT_DISCOVERY_REFRESH_SECONDS, 1, 3_600, "seconds");
+        let mut nameservers = Vec::new();
+        for server in file.nameservers.iter().flatten() {
+            match server.get_ref().parse::<std::net::SocketAddr>() {
+                Ok(address) => nameservers.push(address),
+                Err(_) => self.error(
+                    span(server),
+                    format!("\"{}\" is not a nameserver: write IP:PORT, for example 127.0.0.1:8600", server.get_ref()),
+                ),
+            }
+        }
+        // `NAME:PORT` is http; a scheme may be given (`https://NAME:PORT`).
+        let url = if text.contains("://") { text.clone() } else { format!("http://{text}") };
+        let spanned = Spanned::new(span(&file.dns), url);
+        let (authority, https) = self.upstream_authority(&spanned)?;
+        let host = authority.host();
+        if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
+            self.error(span(&file.dns), format!("\"{text}\" is an address, not a name: list it in endpoints instead"));
+            return None;
+        }
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        if file.nameservers.as_ref().is_some_and(|list| list.len() != nameservers.len()) {
+            return None;
+        }
+        Some(EndpointSource {
+            discovery: Some(DnsDiscovery {
+                name: host.to_owned(),
+                port,
+                refresh: Duration::from_secs(refresh),
+                nameservers,
+            }),
+            authority,
+            https,
+            fixed: Vec::new(),
+        })
     }
 
     /// The url's authority, and whether it is `https://`.
@@ -296,9 +350,22 @@ impl Checker<'_> {
 /// The upstream's address as shown on `/admin/config` and compared across reloads (the
 /// breaker survives while it is the same): the url, or the endpoints joined.
 fn upstream_url_text(upstream: &FileUpstream) -> String {
-    match (&upstream.url, &upstream.endpoints) {
-        (Some(url), _) => url.get_ref().clone(),
-        (None, Some(list)) => list.get_ref().iter().map(|u| u.get_ref().as_str()).collect::<Vec<_>>().join(", "),
-        (None, None) => String::new(),
+    match (&upstream.url, &upstream.endpoints, &upstream.discovery) {
+        (Some(url), _, _) => url.get_ref().clone(),
+        (None, Some(list), _) => list.get_ref().iter().map(|u| u.get_ref().as_str()).collect::<Vec<_>>().join(", "),
+        (None, None, Some(discovery)) => format!("dns {}", discovery.get_ref().dns.get_ref()),
+        (None, None, None) => String::new(),
     }
+}
+
+/// Where an upstream's endpoints come from, validated.
+pub(super) struct EndpointSource {
+    /// The first fixed endpoint, or the DNS name and port: TLS name and default `Host`.
+    authority: Authority,
+    /// `https://`.
+    https: bool,
+    /// `url` or `endpoints`; empty with discovery.
+    fixed: Vec<Authority>,
+    /// `discovery`.
+    discovery: Option<DnsDiscovery>,
 }
