@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Proxy comparison: the gateway against nginx and HAProxy, in one run, on this machine.
 
-    python3 bench/compare.py [--rounds 3] [--duration 10] [--connections 50] [--perf]
+    python3 bench/compare.py [--rounds 3] [--duration 10] [--connections 50] [--high-connections 1000] [--perf]
                              [--baseline OLD_GATEWAY_BINARY]
 
 Installs nginx, HAProxy and wrk from Debian's packages if they are missing, builds the
@@ -14,6 +14,13 @@ measures, interleaved round by round so drift hits every target alike:
   gateway  1 worker thread, access log off
   gateway, h2c upstream  the same, with `protocol = "http2"` to the upstream's h2c port:
            one multiplexed HTTP/2 connection instead of a keep-alive pool
+  nginx / gateway, access log to a file  nginx's default (combined) format to a file,
+           the gateway's JSON access line to a file (its stderr)
+  nginx / gateway, N connections  the plain rows at --high-connections (default 1000)
+           keep-alive connections; RSS is that of the largest process (nginx's worker)
+  nginx / gateway, 3 endpoints  three upstream ports (one nginx, three listeners) behind
+           nginx's `least_conn` upstream block and the gateway's `endpoints` with
+           `least_request` (power of two choices): the balancer's cost against one endpoint
   nginx / gateway, HTTPS  the same nginx and gateway processes on a TLS port with the same
            ECDSA P-256 certificate, keep-alive connections (CPU per request)
   nginx / gateway, new TLS connections  the same ports with `Connection: close`, so every
@@ -41,6 +48,7 @@ the per-round CPU differences: the A/B run that decides whether a hot-path chang
 import argparse
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -54,12 +62,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 UPSTREAM_PORT = 18080
 UPSTREAM_H2_PORT = 18079
+# Two more ports of the same upstream nginx: three "instances" for the three-endpoint rows.
+UPSTREAM_EXTRA_PORTS = (18077, 18078)
 TLS_PORTS = {"nginx": 18087, "gateway": 18088}
 TLS_CERT = ROOT / "tests" / "fixtures" / "tls" / "api.pem"  # ECDSA P-256, for nginx and the gateway alike
 TLS_KEY = ROOT / "tests" / "fixtures" / "tls" / "api.key"
 PORTS = {"nginx": 18081, "haproxy": 18082, "gateway": 18083, "gateway-jwt": 18084, "gateway-baseline": 18085,
-         "gateway-h2": 18086}
-GATEWAY_ADMIN_PORTS = {"gateway": 18093, "gateway-jwt": 18094, "gateway-baseline": 18095, "gateway-h2": 18096}
+         "gateway-h2": 18086, "nginx-3": 18089, "gateway-3": 18090, "nginx-log": 18075, "gateway-log": 18074}
+GATEWAY_ADMIN_PORTS = {"gateway": 18093, "gateway-jwt": 18094, "gateway-baseline": 18095, "gateway-h2": 18096,
+                       "gateway-3": 18097, "gateway-log": 18098}
 FIXTURE_KEYS = ROOT / "tests" / "fixtures" / "keys"
 PATH = "/api/users/42"
 AGGREGATE_CONNECTIONS = 4
@@ -134,6 +145,18 @@ def process_tree(pid):
     return pids
 
 
+def rss_mib(pid):
+    """Resident memory of the largest process in the tree (nginx: its worker), MiB."""
+    largest = 0
+    for p in process_tree(pid):
+        try:
+            status = Path(f"/proc/{p}/status").read_text()
+            largest = max(largest, int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)))
+        except (FileNotFoundError, AttributeError):
+            pass
+    return largest / 1024
+
+
 def cpu_ticks(pid):
     total = 0
     for p in process_tree(pid):
@@ -171,9 +194,14 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10, help="seconds per measurement")
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument("--high-connections", type=int, default=1000,
+                        help="connections of the high-concurrency pair of rows (0: leave them out)")
     parser.add_argument("--perf", action="store_true", help="profile the gateway's last round with perf")
     parser.add_argument("--baseline", type=Path, help="another gateway binary to measure beside this one (A/B)")
     args = parser.parse_args()
+    # wrk holds one socket per connection: lift the soft open-files limit to the hard one.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     if not args.baseline:
         del PORTS["gateway-baseline"]
     if args.perf:
@@ -195,10 +223,34 @@ def main():
   server {{
     listen 127.0.0.1:{UPSTREAM_PORT} backlog=4096;
     listen 127.0.0.1:{UPSTREAM_H2_PORT} http2;
+    listen 127.0.0.1:{UPSTREAM_EXTRA_PORTS[0]} backlog=4096;
+    listen 127.0.0.1:{UPSTREAM_EXTRA_PORTS[1]} backlog=4096;
     location / {{ default_type application/json; return 200 '{{"id":42,"name":"ada"}}'; }}
   }}""", LOAD_CPU)
+        proxy_location = """
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+      proxy_set_header X-Forwarded-Proto $scheme;
+      proxy_set_header X-Request-ID $request_id;"""
+        three = "".join(f" server 127.0.0.1:{port};" for port in (UPSTREAM_PORT, *UPSTREAM_EXTRA_PORTS))
         procs["nginx"] = start_nginx(work, "nginx", f"""
   upstream backend {{ server 127.0.0.1:{UPSTREAM_PORT}; keepalive 64; }}
+  upstream backend3 {{ least_conn;{three} keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx-log']} backlog=4096;
+    access_log {work}/nginx-access.log;
+    location / {{
+      proxy_pass http://backend;{proxy_location}
+    }}
+  }}
+  server {{
+    listen 127.0.0.1:{PORTS['nginx-3']} backlog=4096;
+    location / {{
+      proxy_pass http://backend3;{proxy_location}
+    }}
+  }}
   server {{
     listen 127.0.0.1:{PORTS['nginx']} backlog=4096;
     listen 127.0.0.1:{TLS_PORTS['nginx']} ssl backlog=4096;
@@ -206,13 +258,7 @@ def main():
     ssl_certificate_key {TLS_KEY};
     ssl_protocols TLSv1.2 TLSv1.3;
     location / {{
-      proxy_pass http://backend;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host $host;
-      proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-      proxy_set_header X-Forwarded-Proto $scheme;
-      proxy_set_header X-Request-ID $request_id;
+      proxy_pass http://backend;{proxy_location}
     }}
   }}""", PROXY_CPU)
         haproxy_cfg = Path(work) / "haproxy.cfg"
@@ -280,7 +326,8 @@ audience = "api"
 claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
 """
         gateways = [("gateway", "", gateway_bin), ("gateway-jwt", jwt_auth, gateway_bin),
-                    ("gateway-h2", "", gateway_bin)]
+                    ("gateway-h2", "", gateway_bin), ("gateway-3", "", gateway_bin),
+                    ("gateway-log", "", gateway_bin)]
         if args.baseline:
             gateways.append(("gateway-baseline", "", args.baseline.resolve()))
         for name, auth, binary in gateways:
@@ -293,10 +340,17 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
             if name == "gateway-h2":
                 text = text.replace(f'url = "http://127.0.0.1:{UPSTREAM_PORT}"',
                                     f'url = "http://127.0.0.1:{UPSTREAM_H2_PORT}"\nprotocol = "http2"')
+            if name == "gateway-3":
+                urls = ", ".join(f'"http://127.0.0.1:{port}"' for port in (UPSTREAM_PORT, *UPSTREAM_EXTRA_PORTS))
+                text = text.replace(f'[upstreams.users]\nurl = "http://127.0.0.1:{UPSTREAM_PORT}"',
+                                    f'[upstreams.users]\nendpoints = [{urls}]\nbalance = "least_request"')
+            log = subprocess.DEVNULL
+            if name == "gateway-log":
+                text = text.replace("access_log = false", "access_log = true")
+                log = open(Path(work) / "gateway-access.log", "wb")  # noqa: SIM115 (closed with the process)
             cfg.write_text(text)
             procs[name] = subprocess.Popen(pinned(PROXY_CPU, [str(binary), "run", "--config", str(cfg)]),
-                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                           start_new_session=True)
+                                           stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         token = subprocess.run(
             [str(gateway_bin), "token", "--key", str(FIXTURE_KEYS / "rsa-private.pem"), "--alg", "RS256",
              "--kid", "rsa-1", "--sub", "alice", "--iss", "https://auth.bench.local", "--aud", "api",
@@ -314,13 +368,23 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
             targets.append(("gateway (baseline)", PORTS["gateway-baseline"], procs["gateway-baseline"].pid, ()))
         targets.append(("gateway, JWT RS256 (cached)", PORTS["gateway-jwt"], procs["gateway-jwt"].pid, jwt_headers))
         targets.append(("gateway, h2c upstream", PORTS["gateway-h2"], procs["gateway-h2"].pid, ()))
+        targets.append(("nginx, 3 endpoints (least_conn)", PORTS["nginx-3"], procs["nginx"].pid, ()))
+        targets.append(("gateway, 3 endpoints (least_request)", PORTS["gateway-3"], procs["gateway-3"].pid, ()))
+        targets.append(("nginx, access log to a file", PORTS["nginx-log"], procs["nginx"].pid, ()))
+        targets.append(("gateway, access log to a file", PORTS["gateway-log"], procs["gateway-log"].pid, ()))
+        connections = {}
+        if args.high_connections:
+            for proxy in ("nginx", "gateway"):
+                name = f"{proxy}, {args.high_connections} connections"
+                targets.append((name, PORTS[proxy], procs[proxy].pid, ()))
+                connections[name] = args.high_connections
         targets.append(("nginx, HTTPS", TLS_PORTS["nginx"], procs["nginx"].pid, ()))
         targets.append(("gateway, HTTPS", TLS_PORTS["gateway"], procs["gateway"].pid, ()))
         close = ("Connection: close",)
         targets.append(("nginx, new TLS connections", TLS_PORTS["nginx"], procs["nginx"].pid, close))
         targets.append(("gateway, new TLS connections", TLS_PORTS["gateway"], procs["gateway"].pid, close))
-        for _, port, _, headers in targets:  # warm pools and caches
-            run_wrk(port, 2, args.connections, headers)
+        for name, port, _, headers in targets:  # warm pools and caches
+            run_wrk(port, 2, connections.get(name, args.connections), headers)
         results = {name: [] for name, _, _, _ in targets}
         for round_no in range(1, args.rounds + 1):
             ordered = list(targets)
@@ -336,30 +400,38 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
                     profiler = subprocess.Popen(
                         ["perf", "record", "-F", "999", "-g", "-o", str(ROOT / "bench" / "perf.data"), "-p", str(pid)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                r = run_wrk(port, args.duration, args.connections, headers)
+                r = run_wrk(port, args.duration, connections.get(name, args.connections), headers)
                 if profiler:
                     profiler.send_signal(signal.SIGINT)
                     profiler.wait(timeout=30)
                 if pid:
                     r["cpu_us"] = (cpu_ticks(pid) - before) / CLK_TCK * 1e6 / r["requests"]
+                    r["rss"] = rss_mib(pid)
                 results[name].append(r)
-                cpu = f"{r['cpu_us']:.1f} us/req" if pid else "-"
-                print(f"round {round_no} {name:28} {r['rps']:>10.0f} req/s  p50 {r['p50']:.3f} ms  "
+                cpu = f"{r['cpu_us']:.1f} us/req  rss {r['rss']:.1f} MiB" if pid else "-"
+                print(f"round {round_no} {name:36} {r['rps']:>10.0f} req/s  p50 {r['p50']:.3f} ms  "
                       f"p99 {r['p99']:.3f} ms  cpu {cpu}", file=sys.stderr)
 
         nginx_rps = statistics.median(r["rps"] for r in results["nginx"])
         print(f"\nwrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} interleaved rounds, "
               f"GET {PATH}, proxy pinned to CPU {PROXY_CPU}, wrk + upstream on CPU {LOAD_CPU}\n")
-        print("| target | requests/s median (min-max) | p50 ms | p99 ms | proxy CPU us/request | vs nginx req/s |")
-        print("|---|---|---|---|---|---|")
+        nginx_cpu = statistics.median(r["cpu_us"] for r in results["nginx"])
+        print("| target | requests/s median (min-max) | p50 ms | p99 ms | proxy CPU us/request | CPU vs nginx | "
+              "vs nginx req/s | RSS MiB |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, _, pid, _ in targets:
             rs = results[name]
             rps = [r["rps"] for r in rs]
             med = statistics.median(rps)
-            cpu = f"{statistics.median(r['cpu_us'] for r in rs):.1f}" if pid else "-"
+            cpu_med = statistics.median(r["cpu_us"] for r in rs) if pid else None
+            cpu = f"{cpu_med:.1f}" if pid else "-"
+            cpu_ratio = f"{cpu_med / nginx_cpu:.2f}x" if pid else "-"
+            rss = f"{max(r['rss'] for r in rs):.1f}" if pid else "-"
+            if name in connections:
+                name = f"{name} (wrk -c{connections[name]})"
             print(f"| {name} | {med:,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
                   f"{statistics.median(r['p50'] for r in rs):.3f} | {statistics.median(r['p99'] for r in rs):.3f} | "
-                  f"{cpu} | {med / nginx_rps:.2f}x |")
+                  f"{cpu} | {cpu_ratio} | {med / nginx_rps:.2f}x | {rss} |")
         if args.baseline:
             deltas = [a["cpu_us"] - b["cpu_us"] for a, b in zip(results["gateway"], results["gateway (baseline)"])]
             print(f"\nA/B, proxy CPU per request, gateway minus baseline, per round: "
