@@ -92,6 +92,21 @@ fn sigterm_drains_the_in_flight_request_and_exits_zero() {
         });
     assert_eq!(exit.code(), Some(0), "exit 0 after a clean drain");
     assert!(TcpStream::connect(listen).is_err(), "nothing listens after exit");
+
+    // The request's access line was written before the exit (the log thread is flushed).
+    let access: Vec<serde_json::Value> = lines
+        .try_iter()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(&line).ok())
+        .filter(|line| line["message"] == "access")
+        .collect();
+    assert_eq!(access.len(), 1, "one access line: {access:?}");
+    let line = &access[0];
+    assert_eq!((line["method"].as_str(), line["path"].as_str()), (Some("GET"), Some("/report")), "{line}");
+    assert_eq!((line["status"].as_u64(), line["level"].as_str()), (Some(200), Some("INFO")), "{line}");
+    assert_eq!((line["target"].as_str(), line["upstream"].as_str()), (Some("monolith"), Some("monolith")), "{line}");
+    assert!(line["duration_ms"].as_f64().is_some_and(|ms| ms >= 700.0), "the upstream took 700 ms: {line}");
+    assert!(line["request_id"].as_str().is_some_and(|id| !id.is_empty()), "{line}");
+    assert!(line["timestamp"].as_str().is_some_and(|t| t.len() == 27 && t.ends_with('Z')), "{line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -407,19 +407,18 @@ impl InFlight {
     }
 
     fn access_log(&self, outcome: &Outcome) {
-        let route = self.ctx.route.map(|id| &*self.snapshot.route(id).name);
-        tracing::info!(
-            request_id = self.ctx.request_id.to_str().unwrap_or(""),
-            method = self.method.as_str(),
-            path = self.ctx.path.as_str(),
-            route,
-            target = self.ctx.target.map(Target::as_str),
-            upstream = self.ctx.upstream.as_deref(),
-            status = outcome.status.as_u16(),
-            duration_ms = outcome.duration.as_secs_f64() * 1000.0,
-            error = outcome.gateway_error,
-            "access"
-        );
+        crate::telemetry::access::AccessLine {
+            request_id: self.ctx.request_id.to_str().unwrap_or(""),
+            method: self.method.as_str(),
+            path: self.ctx.path.as_str(),
+            route: self.ctx.route.map(|id| &*self.snapshot.route(id).name),
+            target: self.ctx.target.map(Target::as_str),
+            upstream: self.ctx.upstream.as_deref(),
+            status: outcome.status.as_u16(),
+            duration: outcome.duration,
+            error: outcome.gateway_error,
+        }
+        .write();
     }
 }
 

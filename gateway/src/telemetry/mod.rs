@@ -1,6 +1,7 @@
 //! Logs (JSON lines on stderr), the process-wide Prometheus recorder, and the per-route
 //! statistics behind the migration report ([`stats`]).
 
+pub mod access;
 pub(crate) mod stats;
 
 use std::sync::OnceLock;
@@ -18,12 +19,18 @@ pub const LOG_FILTER_ENV: &str = "GATEWAY_LOG";
 /// stderr reader never blocks the data plane (lines are dropped instead); keep the guard
 /// alive until exit so the last lines are flushed.
 pub fn init_logging() -> tracing_appender::non_blocking::WorkerGuard {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // Buffered: the writer thread flushes whenever its queue runs dry, so a busy second
+    // costs a few large writes instead of one write per line.
+    let (writer, guard) =
+        tracing_appender::non_blocking(std::io::BufWriter::with_capacity(64 * 1024, std::io::stderr()));
     let requested = std::env::var(LOG_FILTER_ENV).unwrap_or_else(|_| "info".to_owned());
     let (filter, bad_filter) = match requested.parse::<Targets>() {
         Ok(filter) => (filter, None),
         Err(e) => ("info".parse::<Targets>().expect("'info' is a valid filter"), Some(e)),
     };
+    if filter.would_enable("gateway::access", &tracing::Level::INFO) {
+        access::install(writer.clone());
+    }
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
