@@ -509,7 +509,10 @@ impl Upstream {
         if several {
             endpoint.health.request_started();
         }
-        let exchange = endpoint.exchange(&self.name, request);
+        // Boxed: the exchange future is large, and moving it into the timeout and up the
+        // callers' states cost ~750 instructions per request in memcpy (callgrind); one
+        // allocation costs far less.
+        let exchange = Box::pin(endpoint.exchange(&self.name, request));
         let in_time = match body_sent {
             None => tokio::time::timeout(self.settings.timeout, exchange).await.ok(),
             Some(sent) => {
