@@ -76,8 +76,13 @@ impl AccessLine<'_> {
                 push_json_string(out, value);
             }
         }
-        let micros = self.duration.as_micros();
-        let _ = write!(out, ",\"status\":{},\"duration_ms\":{}.{:03}", self.status, micros / 1000, micros % 1000);
+        let micros = u64::try_from(self.duration.as_micros()).unwrap_or(u64::MAX);
+        out.push_str(",\"status\":");
+        push_digits(out, u64::from(self.status), 1);
+        out.push_str(",\"duration_ms\":");
+        push_digits(out, micros / 1000, 1);
+        out.push('.');
+        push_digits(out, micros % 1000, 3);
         if let Some(error) = self.error {
             out.push_str(",\"error\":");
             push_json_string(out, error);
@@ -86,9 +91,46 @@ impl AccessLine<'_> {
     }
 }
 
+/// `value` in decimal, zero-padded to at least `width` digits (`core::fmt` costs several
+/// times as much for these few integers).
+fn push_digits(out: &mut String, mut value: u64, width: usize) {
+    let mut digits = [b'0'; 20];
+    let mut start = digits.len();
+    while value > 0 || digits.len() - start < width {
+        start -= 1;
+        digits[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+    }
+    out.push_str(std::str::from_utf8(&digits[start..]).expect("ASCII digits"));
+}
+
+/// Bytes a JSON string cannot hold as they are: control characters, DEL, `"` and `\\`.
+const NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = true;
+        byte += 1;
+    }
+    table[0x7f] = true;
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+fn needs_escape(byte: u8) -> bool {
+    NEEDS_ESCAPE[usize::from(byte)]
+}
+
 /// `value` as a JSON string: quotes, backslashes and control characters escaped.
 pub fn push_json_string(out: &mut String, value: &str) {
     out.push('"');
+    // The common case: nothing to escape, one copy.
+    if !value.bytes().any(needs_escape) {
+        out.push_str(value);
+        out.push('"');
+        return;
+    }
     let mut plain_from = 0;
     for (i, byte) in value.bytes().enumerate() {
         let escape = match byte {
@@ -137,7 +179,9 @@ fn push_rfc3339_micros(out: &mut String, now: SystemTime) {
         }
         out.push_str(&cached.1);
     });
-    let _ = write!(out, ".{:06}Z", since_epoch.subsec_micros());
+    out.push('.');
+    push_digits(out, u64::from(since_epoch.subsec_micros()), 6);
+    out.push('Z');
 }
 
 /// Year, month, day of a day count since 1970-01-01 (Howard Hinnant's `civil_from_days`).
@@ -202,6 +246,20 @@ mod tests {
         let parsed: serde_json::Value = serde_json::from_str(&out).expect("one JSON object");
         assert!(parsed.get("route").is_none(), "absent fields are left out");
         assert_eq!(parsed["error"], "bad-path");
+    }
+
+    #[test]
+    fn digits_are_padded_to_their_width() {
+        let shown = |value, width| {
+            let mut out = String::new();
+            push_digits(&mut out, value, width);
+            out
+        };
+        assert_eq!(shown(0, 1), "0");
+        assert_eq!(shown(7, 3), "007");
+        assert_eq!(shown(42, 6), "000042");
+        assert_eq!(shown(1_234_567, 1), "1234567");
+        assert_eq!(shown(u64::MAX, 1), u64::MAX.to_string());
     }
 
     #[test]
