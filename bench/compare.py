@@ -68,9 +68,10 @@ TLS_PORTS = {"nginx": 18087, "gateway": 18088}
 TLS_CERT = ROOT / "tests" / "fixtures" / "tls" / "api.pem"  # ECDSA P-256, for nginx and the gateway alike
 TLS_KEY = ROOT / "tests" / "fixtures" / "tls" / "api.key"
 PORTS = {"nginx": 18081, "haproxy": 18082, "gateway": 18083, "gateway-jwt": 18084, "gateway-baseline": 18085,
-         "gateway-h2": 18086, "nginx-3": 18089, "gateway-3": 18090, "nginx-log": 18075, "gateway-log": 18074}
+         "gateway-h2": 18086, "nginx-3": 18089, "gateway-3": 18090, "nginx-log": 18075, "gateway-log": 18074,
+         "gateway-hc": 18068}
 GATEWAY_ADMIN_PORTS = {"gateway": 18093, "gateway-jwt": 18094, "gateway-baseline": 18095, "gateway-h2": 18096,
-                       "gateway-3": 18097, "gateway-log": 18098}
+                       "gateway-3": 18097, "gateway-log": 18098, "gateway-hc": 18067}
 FIXTURE_KEYS = ROOT / "tests" / "fixtures" / "keys"
 PATH = "/api/users/42"
 AGGREGATE_CONNECTIONS = 4
@@ -196,6 +197,8 @@ def main():
     parser.add_argument("--connections", type=int, default=50)
     parser.add_argument("--high-connections", type=int, default=1000,
                         help="connections of the high-concurrency pair of rows (0: leave them out)")
+    parser.add_argument("--rows", help="measure only these comma-separated rows (a name, or a prefix "
+                        "ending in '*'; nginx's plain row is always kept)")
     parser.add_argument("--perf", action="store_true", help="profile the gateway's last round with perf")
     parser.add_argument("--baseline", type=Path, help="another gateway binary to measure beside this one (A/B)")
     args = parser.parse_args()
@@ -327,7 +330,7 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
 """
         gateways = [("gateway", "", gateway_bin), ("gateway-jwt", jwt_auth, gateway_bin),
                     ("gateway-h2", "", gateway_bin), ("gateway-3", "", gateway_bin),
-                    ("gateway-log", "", gateway_bin)]
+                    ("gateway-log", "", gateway_bin), ("gateway-hc", "", gateway_bin)]
         if args.baseline:
             gateways.append(("gateway-baseline", "", args.baseline.resolve()))
         for name, auth, binary in gateways:
@@ -374,15 +377,21 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
         targets.append(("gateway, access log to a file", PORTS["gateway-log"], procs["gateway-log"].pid, ()))
         connections = {}
         if args.high_connections:
-            for proxy in ("nginx", "gateway"):
+            # The gateway's own process, so the thousand connections leave nothing behind
+            # in the one the plain row (and its A/B) measures.
+            for proxy, port in (("nginx", "nginx"), ("gateway", "gateway-hc")):
                 name = f"{proxy}, {args.high_connections} connections"
-                targets.append((name, PORTS[proxy], procs[proxy].pid, ()))
+                targets.append((name, PORTS[port], procs[port].pid, ()))
                 connections[name] = args.high_connections
         targets.append(("nginx, HTTPS", TLS_PORTS["nginx"], procs["nginx"].pid, ()))
         targets.append(("gateway, HTTPS", TLS_PORTS["gateway"], procs["gateway"].pid, ()))
         close = ("Connection: close",)
         targets.append(("nginx, new TLS connections", TLS_PORTS["nginx"], procs["nginx"].pid, close))
         targets.append(("gateway, new TLS connections", TLS_PORTS["gateway"], procs["gateway"].pid, close))
+        if args.rows:
+            wanted = [w.strip() for w in args.rows.split(",")]
+            targets = [t for t in targets if t[0] == "nginx" or any(
+                t[0] == w or (w.endswith("*") and t[0].startswith(w[:-1])) for w in wanted)]
         for name, port, _, headers in targets:  # warm pools and caches
             run_wrk(port, 2, connections.get(name, args.connections), headers)
         results = {name: [] for name, _, _, _ in targets}
