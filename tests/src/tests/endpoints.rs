@@ -72,14 +72,19 @@ fn served(instance: &RunningMock) -> usize {
     instance.requests().iter().filter(|r| r.path.starts_with("/api/users")).count()
 }
 
-async fn endpoint_states(gateway: &TestGateway) -> Vec<String> {
-    let config = get(&format!("http://{}/admin/config", gateway.admin)).await.json();
+/// One field of each of `users`' endpoints on `/admin/config`.
+async fn endpoint_field(gateway: &TestGateway, field: &str) -> Vec<String> {
+    let config = get(&gateway.admin_url("/admin/config")).await.json();
     config["upstreams"]["users"]["endpoints"]
         .as_array()
         .expect("a list")
         .iter()
-        .map(|e| e["state"].as_str().unwrap_or_default().to_owned())
+        .map(|e| e[field].as_str().unwrap_or_default().to_owned())
         .collect()
+}
+
+async fn endpoint_states(gateway: &TestGateway) -> Vec<String> {
+    endpoint_field(gateway, "state").await
 }
 
 const HEALTH: &str = "health_check = { path = \"/healthz\", interval_ms = 100, timeout_ms = 80, unhealthy_after = 2, healthy_after = 2 }";
@@ -206,13 +211,7 @@ async fn discovered_behind(dns: &TestDns, port: u16, monolith: &RunningMock) -> 
 }
 
 async fn discovered_addresses(gateway: &TestGateway) -> Vec<String> {
-    let config = get(&gateway.admin_url("/admin/config")).await.json();
-    config["upstreams"]["users"]["endpoints"]
-        .as_array()
-        .expect("a list")
-        .iter()
-        .map(|e| e["address"].as_str().unwrap_or_default().to_owned())
-        .collect()
+    endpoint_field(gateway, "address").await
 }
 
 #[tokio::test]
