@@ -118,7 +118,7 @@ fn config_document(gateway: &Gateway) -> serde_json::Value {
                     "balance": s.balance.as_str(),
                     "discovery": s.discovery.as_ref().map(|dns| {
                         let mut shown = json!({
-                            "dns": format!("{}:{}", dns.name, dns.port),
+                            "dns": dns.name_and_port(),
                             "refresh_seconds": dns.refresh.as_secs(),
                             "nameservers": dns.nameservers.iter().map(ToString::to_string).collect::<Vec<_>>(),
                         });

@@ -21,11 +21,6 @@ pub(crate) fn install(writer: NonBlocking) {
     let _ = WRITER.set(writer);
 }
 
-/// True when access lines are written at all.
-pub fn enabled() -> bool {
-    WRITER.get().is_some()
-}
-
 /// One request as the access log records it.
 pub struct AccessLine<'a> {
     pub request_id: &'a str,

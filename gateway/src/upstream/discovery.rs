@@ -32,6 +32,13 @@ pub struct DnsDiscovery {
     pub nameservers: Vec<SocketAddr>,
 }
 
+impl DnsDiscovery {
+    /// `NAME:PORT`, as configured (the `Host` of `host_header = "upstream"`).
+    pub fn name_and_port(&self) -> String {
+        format!("{}:{}", self.name, self.port)
+    }
+}
+
 /// Most time one lookup may take; past it the lookup counts as failed.
 const MAX_LOOKUP_TIME: Duration = Duration::from_secs(5);
 

@@ -284,7 +284,7 @@ impl Upstream {
     pub fn new(settings: UpstreamSettings, breaker: Option<Arc<Breaker>>, previous: Option<&Upstream>) -> Self {
         let host = match (&settings.endpoints[..], &settings.discovery) {
             ([first, ..], _) => HeaderValue::from_str(first.as_str()),
-            ([], Some(dns)) => HeaderValue::from_str(&format!("{}:{}", dns.name, dns.port)),
+            ([], Some(dns)) => HeaderValue::from_str(&dns.name_and_port()),
             ([], None) => unreachable!("config validation guarantees an endpoint or discovery"),
         }
         .expect("a validated authority is a valid header value");
@@ -376,26 +376,24 @@ impl Upstream {
     /// still present are kept as they are, new ones start empty. True when it changed.
     fn replace_endpoints(&self, addresses: &[SocketAddr]) -> bool {
         let current = self.endpoints.load();
-        let unchanged = current.len() == addresses.len()
-            && current.iter().zip(addresses).all(|(e, a)| e.address.to_str().ok() == Some(a.to_string().as_str()));
-        if unchanged {
+        let wanted: Vec<String> = addresses.iter().map(ToString::to_string).collect();
+        if current.iter().map(|e| e.address.as_bytes()).eq(wanted.iter().map(|a| a.as_bytes())) {
             return false;
         }
         let mut added = Vec::new();
-        let next: Vec<Arc<Endpoint>> = addresses
+        let next: Vec<Arc<Endpoint>> = wanted
             .iter()
             .map(|address| {
-                let text = address.to_string();
-                current.iter().find(|e| e.address == text.as_str()).cloned().unwrap_or_else(|| {
-                    let authority: http::uri::Authority = text.parse().expect("a socket address is an authority");
-                    added.push(text);
+                current.iter().find(|e| e.address == address.as_str()).cloned().unwrap_or_else(|| {
+                    let authority: http::uri::Authority = address.parse().expect("a socket address is an authority");
+                    added.push(address.as_str());
                     Arc::new(Endpoint::new(&self.settings, &authority, self.host.clone()))
                 })
             })
             .collect();
         let removed: Vec<&str> = current
             .iter()
-            .filter(|e| !addresses.iter().any(|a| e.address == a.to_string().as_str()))
+            .filter(|e| !wanted.iter().any(|a| e.address == a.as_str()))
             .filter_map(|e| e.address.to_str().ok())
             .collect();
         tracing::info!(upstream = %self.name, ?added, ?removed, endpoints = next.len(), "DNS answer changed the endpoints");
