@@ -4,8 +4,13 @@
 //! algorithm it is for (a JWK's `alg`, an EC key's curve). A token whose `alg` is of
 //! another family is refused before any cryptography runs, so an RSA public key can never
 //! be used as an HMAC secret ("algorithm confusion").
+//!
+//! A [`KeySet`] is what one source holds (a JWKS document, a PEM key, a secret); the
+//! [`KeyRing`](crate::ring::KeyRing) merges the sources and picks the key for a token.
 
+use std::collections::HashSet;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, AlgorithmFamily, DecodingKey};
@@ -37,6 +42,9 @@ pub enum KeyError {
     /// The HMAC secret is too short.
     #[error("the secret is {0} bytes; at least {MIN_HMAC_SECRET_BYTES} are required")]
     ShortSecret(usize),
+    /// Two keys of one document share a `kid`: which one would verify?
+    #[error("kid \"{0}\" names two keys in this document")]
+    DuplicateKid(String),
 }
 
 /// One key a token may be verified with.
@@ -49,6 +57,9 @@ pub struct VerifyingKey {
     /// The single algorithm it is for, when the source pins one.
     pub algorithm: Option<Algorithm>,
     key: DecodingKey,
+    /// SHA-256 of this key's material: a key whose `kid` stays but whose material changes
+    /// is a different key.
+    digest: [u8; 32],
 }
 
 impl VerifyingKey {
@@ -60,6 +71,11 @@ impl VerifyingKey {
     /// Whether this key may verify a token signed with `algorithm`.
     pub fn accepts(&self, algorithm: Algorithm) -> bool {
         algorithm.family() == self.family && self.algorithm.is_none_or(|pinned| pinned == algorithm)
+    }
+
+    /// SHA-256 of the key material.
+    pub fn digest(&self) -> [u8; 32] {
+        self.digest
     }
 }
 
@@ -74,24 +90,50 @@ impl std::fmt::Debug for VerifyingKey {
     }
 }
 
-/// The trusted keys.
+/// The keys of one source.
 #[derive(Clone, Debug)]
 pub struct KeySet {
-    keys: Vec<VerifyingKey>,
+    keys: Vec<Arc<VerifyingKey>>,
     /// SHA-256 of the key material: equal fingerprints mean the same trust, so a cache of
     /// verified tokens may be kept across a reload.
     fingerprint: [u8; 32],
 }
 
 impl KeySet {
-    /// Keys from a JWKS document. RSA, EC and OKP (Ed25519) keys are used; keys marked
-    /// `"use": "enc"` or with a non-signing `alg` are skipped; symmetric (`oct`) keys are
-    /// refused, because a secret does not belong in a file.
+    /// Keys from a JWKS document read with the config: any key that cannot be used is an
+    /// error. RSA, EC and OKP (Ed25519) keys are used; keys marked `"use": "enc"` or with a
+    /// non-signing `alg` are skipped; symmetric (`oct`) keys are refused, because a secret
+    /// does not belong in a file.
     pub fn from_jwks(json: &str) -> Result<Self, KeyError> {
+        let (keys, problems) = Self::parse_jwks(json)?;
+        if let Some(problem) = problems.into_iter().next() {
+            return Err(problem);
+        }
+        Self::new(keys, json.as_bytes())
+    }
+
+    /// Keys from a JWKS document an identity provider published: a key this gateway cannot
+    /// use (an unsupported curve, an `oct` key) is skipped and named in the second value,
+    /// so one exotic key does not stop the others from rotating in. A document that is not
+    /// JWKS, repeats a `kid` or leaves no usable key is still an error.
+    pub fn from_published_jwks(json: &str) -> Result<(Self, Vec<String>), KeyError> {
+        let (keys, problems) = Self::parse_jwks(json)?;
+        let skipped = problems.iter().map(ToString::to_string).collect();
+        Ok((Self::new(keys, json.as_bytes())?, skipped))
+    }
+
+    fn parse_jwks(json: &str) -> Result<(Vec<VerifyingKey>, Vec<KeyError>), KeyError> {
         let set: JwkSet = serde_json::from_str(json).map_err(|e| KeyError::NotJwks(e.to_string()))?;
         let mut keys = Vec::new();
+        let mut problems = Vec::new();
+        let mut kids = HashSet::new();
         for (i, jwk) in set.keys.iter().enumerate() {
             let kid = jwk.common.key_id.clone();
+            if let Some(kid) = &kid
+                && !kids.insert(kid.clone())
+            {
+                return Err(KeyError::DuplicateKid(kid.clone()));
+            }
             let name = kid.clone().unwrap_or_else(|| format!("#{i}"));
             let bad = |reason: String| KeyError::BadJwk { kid: name.clone(), reason };
             if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
@@ -113,28 +155,45 @@ impl KeySet {
                 AlgorithmParameters::EllipticCurve(ec) => match ec.curve {
                     EllipticCurve::P256 => (AlgorithmFamily::Ec, Some(Algorithm::ES256)),
                     EllipticCurve::P384 => (AlgorithmFamily::Ec, Some(Algorithm::ES384)),
-                    ref other => return Err(bad(format!("unsupported curve {other:?}"))),
+                    ref other => {
+                        problems.push(bad(format!("unsupported curve {other:?}")));
+                        continue;
+                    }
                 },
                 AlgorithmParameters::OctetKeyPair(_) => (AlgorithmFamily::Ed, None),
                 AlgorithmParameters::OctetKey(_) => {
-                    return Err(bad("symmetric (oct) keys are not read from files; use hs256_secret_env".to_owned()));
+                    problems.push(bad("symmetric (oct) keys are not read from files; use hs256_secret_env".to_owned()));
+                    continue;
                 }
-                _ => return Err(bad("unsupported key type".to_owned())),
+                _ => {
+                    problems.push(bad("unsupported key type".to_owned()));
+                    continue;
+                }
             };
             if let (Some(pinned), Some(by_curve)) = (pinned, curve_algorithm)
                 && pinned != by_curve
             {
-                return Err(bad(format!("alg {pinned:?} does not match the key's curve")));
+                problems.push(bad(format!("alg {pinned:?} does not match the key's curve")));
+                continue;
             }
             if let Some(pinned) = pinned
                 && pinned.family() != family
             {
-                return Err(bad(format!("alg {pinned:?} does not match the key type")));
+                problems.push(bad(format!("alg {pinned:?} does not match the key type")));
+                continue;
             }
-            let key = DecodingKey::from_jwk(jwk).map_err(|e| bad(e.to_string()))?;
-            keys.push(VerifyingKey { kid, family, algorithm: pinned.or(curve_algorithm), key });
+            let key = match DecodingKey::from_jwk(jwk) {
+                Ok(key) => key,
+                Err(e) => {
+                    problems.push(bad(e.to_string()));
+                    continue;
+                }
+            };
+            let material = serde_json::to_vec(jwk).unwrap_or_default();
+            let digest = Sha256::digest(&material).into();
+            keys.push(VerifyingKey { kid, family, algorithm: pinned.or(curve_algorithm), key, digest });
         }
-        Self::new(keys, json.as_bytes())
+        Ok((keys, problems))
     }
 
     /// One public key in PEM form (RSA, EC or Ed25519), used for tokens with any `kid`.
@@ -148,7 +207,8 @@ impl KeySet {
         } else {
             return Err(KeyError::BadPem);
         };
-        Self::new(vec![VerifyingKey { kid: None, family, algorithm: None, key }], pem)
+        let digest = Sha256::digest(pem).into();
+        Self::new(vec![VerifyingKey { kid: None, family, algorithm: None, key, digest }], pem)
     }
 
     /// An HMAC secret, used for tokens with any `kid`.
@@ -161,6 +221,7 @@ impl KeySet {
             family: AlgorithmFamily::Hmac,
             algorithm: None,
             key: DecodingKey::from_secret(secret),
+            digest: Sha256::digest(secret).into(),
         };
         Self::new(vec![key], secret)
     }
@@ -169,21 +230,37 @@ impl KeySet {
         if keys.is_empty() {
             return Err(KeyError::Empty);
         }
-        Ok(KeySet { keys, fingerprint: Sha256::digest(material).into() })
+        Ok(KeySet { keys: keys.into_iter().map(Arc::new).collect(), fingerprint: Sha256::digest(material).into() })
     }
 
-    /// The key for a token: the one with its `kid`; a key without a `kid` (PEM, secret)
-    /// serves any token; a token without a `kid` is served when exactly one key exists.
-    pub fn find(&self, kid: Option<&str>) -> Option<&VerifyingKey> {
-        match kid {
-            Some(kid) => self
-                .keys
-                .iter()
-                .find(|k| k.kid.as_deref() == Some(kid))
-                .or_else(|| self.keys.iter().find(|k| k.kid.is_none())),
-            None if self.keys.len() == 1 => self.keys.first(),
-            None => None,
-        }
+    /// No keys (a ring whose only sources are fetched).
+    pub fn empty() -> Self {
+        KeySet { keys: Vec::new(), fingerprint: Sha256::digest([]).into() }
+    }
+
+    /// These keys and then `other`'s, in one set; the caller has checked that no `kid`
+    /// repeats.
+    pub fn merged(&self, other: &KeySet) -> KeySet {
+        let keys = self.keys.iter().chain(&other.keys).cloned().collect();
+        let mut hasher = Sha256::new();
+        hasher.update(self.fingerprint);
+        hasher.update(other.fingerprint);
+        KeySet { keys, fingerprint: hasher.finalize().into() }
+    }
+
+    /// Every key, in source order.
+    pub fn keys(&self) -> &[Arc<VerifyingKey>] {
+        &self.keys
+    }
+
+    /// The `kid`s of the keys that have one, in source order.
+    pub fn kids(&self) -> impl Iterator<Item = &str> {
+        self.keys.iter().filter_map(|k| k.kid.as_deref())
+    }
+
+    /// The key with this `kid`.
+    pub fn by_kid(&self, kid: &str) -> Option<&Arc<VerifyingKey>> {
+        self.keys.iter().find(|k| k.kid.as_deref() == Some(kid))
     }
 
     /// Whether some key may verify tokens signed with `algorithm`.
@@ -210,16 +287,16 @@ mod tests {
     #[test]
     fn jwks_keys_carry_family_and_algorithm() {
         let set = KeySet::from_jwks(&String::from_utf8(fixture("jwks.json")).expect("utf-8")).expect("loads");
-        let rsa = set.find(Some("rsa-1")).expect("rsa key");
+        let rsa = set.by_kid("rsa-1").expect("rsa key");
         assert_eq!(rsa.family, AlgorithmFamily::Rsa);
         assert!(rsa.accepts(Algorithm::RS256));
         assert!(!rsa.accepts(Algorithm::HS256), "an RSA key never verifies HMAC");
         assert!(!rsa.accepts(Algorithm::PS256), "the JWK pins RS256");
-        let ec = set.find(Some("ec-1")).expect("ec key");
+        let ec = set.by_kid("ec-1").expect("ec key");
         assert!(ec.accepts(Algorithm::ES256) && !ec.accepts(Algorithm::ES384));
-        assert!(set.find(Some("ed-1")).expect("ed key").accepts(Algorithm::EdDSA));
-        assert!(set.find(Some("nope")).is_none());
-        assert!(set.find(None).is_none(), "several keys: a token must name its kid");
+        assert!(set.by_kid("ed-1").expect("ed key").accepts(Algorithm::EdDSA));
+        assert!(set.by_kid("nope").is_none());
+        assert_eq!(set.kids().collect::<Vec<_>>(), ["rsa-1", "ec-1", "ed-1"]);
     }
 
     #[test]
@@ -255,8 +332,9 @@ mod tests {
             ("ed-public.pem", AlgorithmFamily::Ed),
         ] {
             let set = KeySet::from_pem(&fixture(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
-            assert_eq!(set.find(None).expect("one key").family, family, "{file}");
-            assert!(set.find(Some("any-kid")).is_some(), "a PEM key serves any kid");
+            let [key] = set.keys() else { panic!("{file}: one key") };
+            assert_eq!(key.family, family, "{file}");
+            assert!(key.kid.is_none(), "{file}: a PEM key has no kid");
         }
         assert!(matches!(KeySet::from_pem(b"not a key"), Err(KeyError::BadPem)));
     }
@@ -269,6 +347,48 @@ mod tests {
         assert!(matches!(KeySet::from_jwks(oct), Err(KeyError::BadJwk { .. })));
         assert!(matches!(KeySet::from_jwks(r#"{"keys":[]}"#), Err(KeyError::Empty)));
         assert!(matches!(KeySet::from_jwks("{"), Err(KeyError::NotJwks(_))));
+    }
+
+    #[test]
+    fn a_published_set_skips_what_it_cannot_use_and_keeps_the_rest() {
+        let jwks = String::from_utf8(fixture("jwks.json")).expect("utf-8");
+        let mut document: serde_json::Value = serde_json::from_str(&jwks).expect("json");
+        let keys = document["keys"].as_array_mut().expect("keys");
+        keys.push(serde_json::json!({"kty": "oct", "kid": "hmac-9", "k": "c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0"}));
+        keys.push(serde_json::json!({"kty": "EC", "kid": "p521", "crv": "P-521", "x": "AQ", "y": "AQ"}));
+        let text = document.to_string();
+        assert!(KeySet::from_jwks(&text).is_err(), "a file must be usable as a whole");
+        let (set, skipped) = KeySet::from_published_jwks(&text).expect("the usable keys load");
+        assert_eq!(set.kids().collect::<Vec<_>>(), ["rsa-1", "ec-1", "ed-1"]);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped[0].contains("hmac-9") && skipped[1].contains("p521"), "{skipped:?}");
+        let only_bad = r#"{"keys":[{"kty":"oct","kid":"s","k":"c2VjcmV0"}]}"#;
+        assert!(matches!(KeySet::from_published_jwks(only_bad), Err(KeyError::Empty)));
+    }
+
+    #[test]
+    fn a_kid_twice_in_one_document_is_refused() {
+        let jwks = String::from_utf8(fixture("jwks.json")).expect("utf-8");
+        let mut document: serde_json::Value = serde_json::from_str(&jwks).expect("json");
+        let first = document["keys"][0].clone();
+        document["keys"].as_array_mut().expect("keys").push(first);
+        for result in
+            [KeySet::from_jwks(&document.to_string()).err(), KeySet::from_published_jwks(&document.to_string()).err()]
+        {
+            assert!(matches!(result, Some(KeyError::DuplicateKid(kid)) if kid == "rsa-1"));
+        }
+    }
+
+    #[test]
+    fn key_digests_follow_each_keys_material() {
+        let a = KeySet::from_jwks(&String::from_utf8(fixture("jwks.json")).expect("utf-8")).expect("loads");
+        let b = KeySet::from_jwks(&String::from_utf8(fixture("jwks.json")).expect("utf-8")).expect("loads");
+        let digests = |s: &KeySet| s.keys().iter().map(|k| k.digest()).collect::<Vec<_>>();
+        assert_eq!(digests(&a), digests(&b));
+        assert_ne!(digests(&a)[0], digests(&a)[1]);
+        let merged = a.merged(&KeySet::from_secret(&[4u8; 32]).expect("valid"));
+        assert_eq!(merged.keys().len(), 4);
+        assert_ne!(merged.fingerprint(), a.fingerprint());
     }
 
     #[test]

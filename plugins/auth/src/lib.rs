@@ -15,6 +15,7 @@
 pub mod cache;
 mod failure;
 pub mod keys;
+pub mod ring;
 mod verify;
 
 use std::sync::Arc;
@@ -26,6 +27,7 @@ use http::{StatusCode, request::Parts};
 pub use cache::TokenCache;
 pub use failure::AuthFailure;
 pub use keys::{KeyError, KeySet};
+pub use ring::{Applied, FixedSource, KeyOrigin, KeyRing, RemoteKeys, RemoteSettings, RemoteStatus, SourceKind, Trust};
 pub use verify::{MAX_TOKEN_BYTES, Verifier};
 
 /// What a route asks of the caller.
@@ -62,6 +64,8 @@ pub struct Verified {
     pub identity: Arc<Identity>,
     /// `claims_to_headers`, ready to insert.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The source whose key verified it: a later fetch that drops the key voids this.
+    pub origin: KeyOrigin,
 }
 
 /// Verifies tokens, through the cache. One per `[auth]` section; shared by reloads that
@@ -122,9 +126,19 @@ impl Authenticator {
         let digest = TokenCache::digest(token);
         if let Some(hit) = cache.get(&digest) {
             // The cache expires entries by itself, but a hit is checked against the clock
-            // all the same: the token's own `exp` is the only authority.
+            // all the same: the token's own `exp` is the only authority. A key its
+            // source has dropped since voids the hit.
             if now < hit.identity.expires_at.saturating_add(self.verifier.leeway_seconds()) {
-                return Ok(hit);
+                match self.verifier.keys().still_trusts(hit.origin) {
+                    Trust::Holds => return Ok(hit),
+                    Trust::HoldsAs(origin) => {
+                        let renewed =
+                            Arc::new(Verified { identity: hit.identity.clone(), headers: hit.headers.clone(), origin });
+                        cache.insert(digest, renewed.clone());
+                        return Ok(renewed);
+                    }
+                    Trust::Void => {}
+                }
             }
             cache.remove(&digest);
         }
@@ -134,7 +148,7 @@ impl Authenticator {
     }
 
     fn verify(&self, token: &str, now: u64) -> Result<Arc<Verified>, AuthFailure> {
-        let identity = self.verifier.verify(token, now)?;
+        let (identity, origin) = self.verifier.verify_with_origin(token, now)?;
         // Only text claims become headers. Non-ASCII text goes as its UTF-8 bytes (HTTP's
         // obs-text); a value with control characters is left out rather than refused.
         let headers = self
@@ -145,7 +159,13 @@ impl Authenticator {
                 Some((header.clone(), value))
             })
             .collect();
-        Ok(Arc::new(Verified { identity: Arc::new(identity), headers }))
+        Ok(Arc::new(Verified { identity: Arc::new(identity), headers, origin }))
+    }
+
+    /// A wait for an in-flight refetch of a remote key source (see
+    /// [`KeyRing::refetch_wait`]).
+    pub fn refetch_wait(&self) -> Option<impl Future<Output = ()> + Send + 'static + use<>> {
+        self.verifier.keys().refetch_wait(self.clock.now_unix())
     }
 
     /// The token a request carries: `Authorization: Bearer`, else the configured cookie.
@@ -244,6 +264,12 @@ impl Plugin for AuthPlugin {
                 ctx.identity = Some(verified.identity.clone());
                 Flow::Continue
             }
+            // The key may have been published a moment ago: wait (bounded) for the
+            // refetch this kid asked for, or joined, then look again.
+            Err(AuthFailure::UnknownKid) => match self.authenticator.refetch_wait() {
+                Some(wait) => Flow::Wait(Box::pin(wait)),
+                None => Self::reject(ctx, AuthFailure::UnknownKid),
+            },
             Err(failure) => Self::reject(ctx, failure),
         }
     }

@@ -277,6 +277,43 @@ fn a_cache_hit_returns_the_same_verification_until_exp() {
     assert!(auth.cache().expect("enabled").is_empty(), "the expired entry is dropped");
 }
 
+/// The fixture JWKS with only the keys whose kid is listed.
+fn jwks_of(kids: &[&str]) -> KeySet {
+    let mut document: Value = serde_json::from_slice(&fixture("jwks.json")).expect("json");
+    document["keys"].as_array_mut().expect("keys").retain(|k| kids.contains(&k["kid"].as_str().unwrap_or("")));
+    KeySet::from_jwks(&document.to_string()).expect("loads")
+}
+
+#[test]
+fn a_key_its_remote_source_drops_voids_its_cached_tokens_only_and_an_unchanged_set_keeps_them() {
+    let clock = Arc::new(ManualClock(AtomicU64::new(NOW)));
+    let source = Arc::new(RemoteKeys::new(RemoteSettings {
+        source: "https://idp.test/keys".to_owned(),
+        refresh: std::time::Duration::from_secs(300),
+    }));
+    let ring = KeyRing::new(KeySet::empty(), Vec::new(), vec![source.clone()]);
+    let verifier = Verifier::new(
+        ring,
+        vec![Algorithm::RS256, Algorithm::ES256],
+        Some(ISSUER.to_owned()),
+        vec!["api".to_owned()],
+        0,
+    );
+    let auth = Authenticator::new(verifier, Vec::new(), None, 100, clock);
+    let rsa = sign(Algorithm::RS256, "rsa-1", &good_claims());
+    let ec = sign(Algorithm::ES256, "ec-1", &good_claims());
+    assert_eq!(auth.authenticate(&rsa).unwrap_err(), AuthFailure::UnknownKid, "nothing fetched yet");
+    source.apply(jwks_of(&["rsa-1", "ec-1"]), Vec::new(), NOW);
+    let first = auth.authenticate(&rsa).expect("fetched key");
+    let ec_first = auth.authenticate(&ec).expect("fetched key");
+    source.apply(jwks_of(&["rsa-1", "ec-1"]), Vec::new(), NOW + 1);
+    assert!(Arc::ptr_eq(&first, &auth.authenticate(&rsa).expect("cached")), "an unchanged set keeps the cache");
+    source.apply(jwks_of(&["ec-1", "ed-1"]), Vec::new(), NOW + 2);
+    assert_eq!(auth.authenticate(&rsa).unwrap_err(), AuthFailure::UnknownKid, "the cached token is refused");
+    let ec_after = auth.authenticate(&ec).expect("a kept key's token still passes");
+    assert!(Arc::ptr_eq(&ec_first.identity, &ec_after.identity), "from the cache, not verified again");
+}
+
 #[test]
 fn the_cache_is_bounded_and_failures_are_not_cached() {
     let clock = Arc::new(ManualClock(AtomicU64::new(NOW)));
@@ -493,7 +530,11 @@ fn cache_entries_expire_with_their_token() {
     let cache = TokenCache::new(10, 0);
     assert!(cache.is_empty());
     let verified = |expires_at| {
-        Arc::new(Verified { identity: Arc::new(Identity { claims: Default::default(), expires_at }), headers: vec![] })
+        Arc::new(Verified {
+            identity: Arc::new(Identity { claims: Default::default(), expires_at }),
+            headers: vec![],
+            origin: KeyOrigin::Fixed,
+        })
     };
     let now = SystemClock.now_unix();
     cache.insert(TokenCache::digest("live"), verified(now + 3600));

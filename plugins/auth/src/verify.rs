@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use crate::failure::AuthFailure;
-use crate::keys::KeySet;
+use crate::ring::{KeyOrigin, KeyRing};
 
 /// Longest token accepted (bytes); longer is malformed, before any decoding.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
@@ -25,7 +25,7 @@ pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// What a token must satisfy.
 #[derive(Clone, Debug)]
 pub struct Verifier {
-    keys: KeySet,
+    keys: KeyRing,
     algorithms: Vec<Algorithm>,
     issuer: Option<String>,
     audiences: Vec<String>,
@@ -46,18 +46,18 @@ impl Verifier {
     /// A verifier. `algorithms` is the allow-list (`none` cannot be expressed: jsonwebtoken
     /// has no such algorithm); `audiences` empty means `aud` is not checked.
     pub fn new(
-        keys: KeySet,
+        keys: impl Into<KeyRing>,
         algorithms: Vec<Algorithm>,
         issuer: Option<String>,
         audiences: Vec<String>,
         leeway_seconds: u64,
     ) -> Self {
-        Verifier { keys, algorithms, issuer, audiences, leeway_seconds }
+        Verifier { keys: keys.into(), algorithms, issuer, audiences, leeway_seconds }
     }
 
-    /// Same keys (by fingerprint), algorithms, issuer, audiences and leeway.
+    /// Same key sources, algorithms, issuer, audiences and leeway.
     pub fn equivalent(&self, other: &Verifier) -> bool {
-        self.keys.fingerprint() == other.keys.fingerprint()
+        self.keys.same_sources(&other.keys)
             && self.algorithms == other.algorithms
             && self.issuer == other.issuer
             && self.audiences == other.audiences
@@ -65,8 +65,13 @@ impl Verifier {
     }
 
     /// The trusted keys.
-    pub fn keys(&self) -> &KeySet {
+    pub fn keys(&self) -> &KeyRing {
         &self.keys
+    }
+
+    /// The allow-list of algorithms.
+    pub fn algorithms(&self) -> &[Algorithm] {
+        &self.algorithms
     }
 
     /// The required issuer, if any.
@@ -86,6 +91,11 @@ impl Verifier {
 
     /// Verifies `token` at time `now` (seconds since the Unix epoch).
     pub fn verify(&self, token: &str, now: u64) -> Result<Identity, AuthFailure> {
+        self.verify_with_origin(token, now).map(|(identity, _)| identity)
+    }
+
+    /// Verifies `token` at `now`, and says which source's key verified it.
+    pub fn verify_with_origin(&self, token: &str, now: u64) -> Result<(Identity, KeyOrigin), AuthFailure> {
         if token.is_empty() || token.len() > MAX_TOKEN_BYTES || token.split('.').count() != 3 {
             return Err(AuthFailure::Malformed);
         }
@@ -100,7 +110,8 @@ impl Verifier {
         if !self.algorithms.contains(&algorithm) {
             return Err(AuthFailure::AlgorithmNotAllowed);
         }
-        let key = self.keys.find(header.kid.as_deref()).ok_or(AuthFailure::UnknownKid)?;
+        let chosen = self.keys.choose(header.kid.as_deref(), algorithm, now).ok_or(AuthFailure::UnknownKid)?;
+        let key = &chosen.key;
         if !key.accepts(algorithm) {
             return Err(AuthFailure::AlgorithmNotAllowed);
         }
@@ -141,7 +152,7 @@ impl Verifier {
         if !self.audiences.is_empty() && !audience_matches(claims.get("aud"), &self.audiences) {
             return Err(AuthFailure::BadAudience);
         }
-        Ok(Identity { claims: text_claims(claims), expires_at })
+        Ok((Identity { claims: text_claims(claims), expires_at }, chosen.origin))
     }
 }
 
