@@ -159,6 +159,13 @@ fn check(file: &Path, against: Option<&Path>) -> ExitCode {
         snapshot.upstreams.len(),
         &snapshot.meta.checksum[..12]
     );
+    for source in &snapshot.jwks_sources {
+        // Checked offline: the URL's form and TLS settings, not what it serves.
+        eprintln!(
+            "note: jwks_url {} was not fetched; its keys (and any kid they share with another source) are checked when the gateway runs",
+            source.keys.settings().source
+        );
+    }
     if let Some(old_path) = against {
         let old = match config::load(old_path, 1) {
             Ok(old) => old,

@@ -234,6 +234,9 @@ pub struct Snapshot {
     pub tls: Option<Arc<crate::tls::Certificates>>,
     /// Token verification, when `[auth]` is configured.
     pub auth: Option<Arc<gateway_plugin_auth::Authenticator>>,
+    /// The `jwks_url` sources the authenticator verifies with; each fetches while a
+    /// snapshot holds it.
+    pub jwks_sources: Vec<Arc<crate::upstream::jwks::JwksSource>>,
     /// The plugins the registered route policies built for this config (a reload hands
     /// them to the next build, so state such as rate-limit buckets carries over).
     pub policies: Vec<BuiltPlugin>,

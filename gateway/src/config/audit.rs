@@ -162,7 +162,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
         (None, Some(_)) => changes.push(change("auth", "added", None, None)),
         (Some(_), None) => changes.push(change("auth", "removed", None, None)),
         (Some(before), Some(after)) if !Arc::ptr_eq(before, after) => {
-            let keys_changed = before.verifier().keys().fingerprint() != after.verifier().keys().fingerprint();
+            let keys_changed = !before.verifier().keys().same_sources(after.verifier().keys());
             let what = if keys_changed { "keys changed; verified-token cache cleared" } else { "settings changed" };
             changes.push(change("auth", what, None, None));
         }

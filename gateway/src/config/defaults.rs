@@ -44,6 +44,10 @@ pub const DEFAULT_POOL_MAX_IDLE: u64 = 128;
 pub const DEFAULT_LEEWAY_SECONDS: u64 = 30;
 /// Largest accepted leeway: 5 minutes (seconds).
 pub const MAX_LEEWAY_SECONDS: u64 = 300;
+/// Seconds between background refreshes of a `jwks_url` (`jwks_refresh_seconds`).
+pub const DEFAULT_JWKS_REFRESH_SECONDS: u64 = 300;
+/// Longest accepted `jwks_refresh_seconds`: one day.
+pub const MAX_JWKS_REFRESH_SECONDS: u64 = 86_400;
 /// Verified tokens cached: 100 000 (count), a few tens of MB at most.
 pub const DEFAULT_TOKEN_CACHE_ENTRIES: u64 = 100_000;
 /// Breaker: failures within the window that open it (count).

@@ -168,6 +168,51 @@ pub enum FileAuthMode {
     Off,
 }
 
+/// One text value or a list of them. A list keeps each item's place in the file; a single
+/// value's place is that of the key's value.
+#[derive(Debug)]
+pub enum FileOneOrMany {
+    /// One value.
+    One(String),
+    /// Several.
+    Many(Vec<Spanned<String>>),
+}
+
+impl<'de> Deserialize<'de> for FileOneOrMany {
+    // By hand rather than `#[serde(untagged)]`: an untagged enum buffers its input and
+    // would lose the items' places in the file.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = FileOneOrMany;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or a list of strings")
+            }
+            fn visit_str<E: serde::de::Error>(self, value: &str) -> Result<FileOneOrMany, E> {
+                Ok(FileOneOrMany::One(value.to_owned()))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<FileOneOrMany, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<Spanned<String>>()? {
+                    items.push(item);
+                }
+                Ok(FileOneOrMany::Many(items))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+impl FileOneOrMany {
+    /// Every value with its place, in file order; `whole` is the place of the key's value.
+    pub fn values(&self, whole: std::ops::Range<usize>) -> Vec<(String, std::ops::Range<usize>)> {
+        match self {
+            FileOneOrMany::One(one) => vec![(one.clone(), whole)],
+            FileOneOrMany::Many(many) => many.iter().map(|item| (item.get_ref().clone(), item.span())).collect(),
+        }
+    }
+}
+
 /// `audience = "api"` or `audience = ["api", "web"]`.
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
@@ -184,8 +229,15 @@ pub enum FileAudience {
 pub struct FileAuth {
     /// The allow-list of signing algorithms, e.g. `["RS256", "ES256"]`; never `none`.
     pub algorithms: Spanned<Vec<Spanned<String>>>,
-    /// A JWKS document (keys by `kid`), relative to this file's directory.
-    pub jwks_file: Option<Spanned<String>>,
+    /// JWKS documents published by identity providers (`https://`; `http://` only on a
+    /// loopback address), fetched at start and refreshed: one URL or a list.
+    pub jwks_url: Option<Spanned<FileOneOrMany>>,
+    /// Seconds between background refreshes of every `jwks_url`.
+    pub jwks_refresh_seconds: Option<Spanned<u64>>,
+    /// PEM CA certificates to verify the `jwks_url` servers with; default the system roots.
+    pub jwks_ca_file: Option<Spanned<String>>,
+    /// JWKS documents (keys by `kid`), relative to this file's directory: one or a list.
+    pub jwks_file: Option<Spanned<FileOneOrMany>>,
     /// One PEM public key (RSA, EC or Ed25519), relative to this file's directory.
     pub public_key_file: Option<Spanned<String>>,
     /// Name of the environment variable holding the HMAC secret (never the secret itself).

@@ -139,6 +139,7 @@ fn config_document(gateway: &Gateway) -> serde_json::Value {
         .collect();
     json!({
         "version": meta.version,
+        "auth": snapshot.auth.as_ref().map(|auth| auth_document(auth, &snapshot.jwks_sources)),
         "source": meta.source.display().to_string(),
         "checksum": meta.checksum,
         "loaded_at": httpdate::fmt_http_date(meta.loaded_at),
@@ -148,6 +149,47 @@ fn config_document(gateway: &Gateway) -> serde_json::Value {
         "default_upstream": &*snapshot.default_route().monolith.name,
         "routes": routes,
         "upstreams": upstreams,
+    })
+}
+
+/// `[auth]` in `/admin/config`: the algorithms and every key source with its `kid`s; a
+/// `jwks_url` also with its fetches, the age of its keys and its last error. Never key
+/// material or a secret.
+fn auth_document(
+    auth: &gateway_plugin_auth::Authenticator,
+    jwks_sources: &[Arc<crate::upstream::jwks::JwksSource>],
+) -> serde_json::Value {
+    let verifier = auth.verifier();
+    let now = gateway_plugin_auth::Clock::now_unix(&gateway_plugin_auth::SystemClock);
+    let mut sources: Vec<serde_json::Value> = verifier
+        .keys()
+        .fixed_sources()
+        .iter()
+        .map(|s| json!({ "kind": s.kind.as_str(), "source": s.name, "kids": s.kids }))
+        .collect();
+    sources.extend(jwks_sources.iter().map(|source| {
+        let keys = &source.keys;
+        let status = keys.status();
+        let (current, _) = keys.current();
+        json!({
+            "kind": gateway_plugin_auth::SourceKind::JwksUrl.as_str(),
+            "source": keys.settings().source,
+            "refresh_seconds": keys.settings().refresh.as_secs(),
+            "kids": current.as_ref().map(|set| set.kids().collect::<Vec<_>>()),
+            "fetched": current.is_some(),
+            "age_seconds": keys.age_seconds(now),
+            "fetches_ok": status.fetches_ok,
+            "fetches_failed": status.fetches_failed,
+            "last_error": status.last_error,
+            "skipped_keys": status.skipped,
+        })
+    }));
+    json!({
+        "algorithms": verifier.algorithms().iter().map(|a| format!("{a:?}")).collect::<Vec<_>>(),
+        "issuer": verifier.issuer(),
+        "audiences": verifier.audiences(),
+        "sources": sources,
+        "cached_tokens": auth.cache().map(|c| c.len()),
     })
 }
 

@@ -72,15 +72,25 @@ impl Gateway {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// True once the config is loaded, both listeners are bound and every upstream found
-    /// through DNS has had its first lookup (answered or not).
+    /// True once the config is loaded, both listeners are bound, every upstream found
+    /// through DNS has had its first lookup (answered or not) and every `jwks_url` has
+    /// given keys.
     pub fn is_ready(&self) -> bool {
+        let config = self.config.load();
         self.ready.load(Ordering::Acquire)
-            && self.config.load().upstreams.values().all(|u| u.discovery_status().is_none_or(|d| d.settled()))
+            && config.upstreams.values().all(|u| u.discovery_status().is_none_or(|d| d.settled()))
+            && config.jwks_sources.iter().all(|s| s.keys.current().0.is_some())
     }
 
     /// Prometheus text of every metric.
     pub fn render_metrics(&self) -> String {
+        // Ages are measured when asked, so they grow while an identity provider is down.
+        let now = gateway_plugin_auth::Clock::now_unix(&gateway_plugin_auth::SystemClock);
+        for source in &self.config.load().jwks_sources {
+            if let Some(age) = source.keys.age_seconds(now) {
+                gauge!(names::JWKS_AGE_SECONDS, "source" => source.keys.settings().source.clone()).set(age as f64);
+            }
+        }
         self.metrics.render()
     }
 }
@@ -91,10 +101,13 @@ pub(crate) async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
 
-/// Starts the health checks of the snapshot's upstreams; an upstream kept from the
-/// previous snapshot already runs its own (once per handle).
+/// Starts the health checks of the snapshot's upstreams and the fetches of its key
+/// sources; one kept from the previous snapshot already runs its own (once per handle).
 fn start_health_checks(snapshot: &Snapshot) {
     for upstream in snapshot.upstreams.values() {
         upstream.start_background_tasks();
+    }
+    for source in &snapshot.jwks_sources {
+        source.start();
     }
 }

@@ -16,6 +16,7 @@ pub mod discovery;
 mod health;
 pub(crate) mod http1;
 pub(crate) mod http2;
+pub mod jwks;
 #[cfg(test)]
 pub(crate) mod memory;
 

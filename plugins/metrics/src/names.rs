@@ -48,3 +48,8 @@ pub const UPSTREAM_ENDPOINTS: &str = "gateway_upstream_endpoints";
 pub const UPSTREAM_REQUESTS_TOTAL: &str = "gateway_upstream_requests_total";
 /// Counter: DNS discovery lookups of an upstream by `result` (`ok`, `error`).
 pub const DISCOVERY_LOOKUPS: &str = "gateway_discovery_lookups_total";
+/// Counter: fetches of a `jwks_url` key source by `source` (the URL) and `result` (`ok`,
+/// `error`).
+pub const JWKS_REFRESH_TOTAL: &str = "gateway_jwks_refresh_total";
+/// Gauge: seconds since a `jwks_url` source's keys in use were fetched, by `source`.
+pub const JWKS_AGE_SECONDS: &str = "gateway_jwks_age_seconds";

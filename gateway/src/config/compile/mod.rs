@@ -143,7 +143,7 @@ struct Checked {
     server: ServerSettings,
     default_upstream: String,
     default_auth: AuthMode,
-    auth: Option<Authenticator>,
+    auth: Option<(Authenticator, Vec<Arc<crate::upstream::jwks::JwksSource>>)>,
     upstreams: Vec<UpstreamSettings>,
     routes: Vec<CheckedRoute>,
     /// Every registered policy's compiled sections.
@@ -448,11 +448,13 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>, regist
     // Handles registered before a recorder exists would count into nothing.
     crate::telemetry::metrics_handle();
     // Unchanged keys and settings keep the authenticator, and so its verified tokens.
-    let authenticator =
-        checked.auth.map(|new| match previous.and_then(|p| p.auth.as_ref()).filter(|old| old.equivalent(&new)) {
-            Some(old) => old.clone(),
-            None => Arc::new(new),
-        });
+    let (authenticator, jwks_sources) = match checked.auth {
+        Some((new, sources)) => {
+            let kept = previous.and_then(|p| p.auth.as_ref()).filter(|old| old.equivalent(&new));
+            (Some(kept.cloned().unwrap_or_else(|| Arc::new(new))), sources)
+        }
+        None => (None, Vec::new()),
+    };
     let mut plugins: Vec<Arc<dyn Plugin>> = Vec::new();
     if let Some(authenticator) = &authenticator {
         let modes = routes.iter().map(|r| r.auth).collect();
@@ -468,6 +470,7 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>, regist
         routes,
         router,
         auth: authenticator,
+        jwks_sources,
         tls: checked.tls.map(Arc::new),
         policies,
         plugins: PhasePlugins::new(plugins),

@@ -151,10 +151,25 @@ fn bad_auth_snippets_name_line_column_and_key() {
             with_auth(&format!("algorithms = [\"HS256\"]\n{jwks}"), ""),
             "19:15: auth.algorithms[0]: no configured key can verify HS256",
         ),
-        (with_auth("algorithms = [\"RS256\"]", ""), "18:1: auth: give exactly one key source"),
+        (with_auth("algorithms = [\"RS256\"]", ""), "18:1: auth: give at least one key source"),
         (
             with_auth(&format!("algorithms = [\"RS256\"]\n{jwks}\npublic_key_file = \"k.pem\""), ""),
-            "21:19: auth.public_key_file: give exactly one key source",
+            "21:19: auth.public_key_file: cannot read",
+        ),
+        (
+            with_auth("algorithms = [\"RS256\"]\njwks_url = \"ftp://idp.example.com/keys\"", ""),
+            "20:12: auth.jwks_url: \"ftp://idp.example.com/keys\" is not an https:// URL",
+        ),
+        (
+            with_auth(
+                "algorithms = [\"RS256\"]\njwks_url = [\"https://idp.example.com/k\", \"http://idp.example.com/k\"]",
+                "",
+            ),
+            "20:42: auth.jwks_url[1]: \"http://idp.example.com/k\": keys are fetched over https://",
+        ),
+        (
+            with_auth("algorithms = [\"HS256\"]\njwks_url = \"https://idp.example.com/k\"", ""),
+            "19:15: auth.algorithms[0]: no configured key can verify HS256",
         ),
         (
             with_auth("algorithms = [\"RS256\"]\njwks_file = \"/nonexistent/jwks.json\"", ""),
