@@ -3,6 +3,7 @@
 mod client;
 mod dns;
 mod gateway;
+pub mod idp;
 pub mod tokens;
 mod upstream;
 

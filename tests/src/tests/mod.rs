@@ -11,6 +11,7 @@ mod hostile;
 mod http2;
 mod https_upstream;
 mod hygiene;
+mod jwks;
 mod layout;
 mod lifecycle;
 mod limits;
