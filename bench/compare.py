@@ -30,6 +30,10 @@ measures, interleaved round by round so drift hits every target alike:
   gateway, JWT RS256 (cached)  the same, on a route that requires a token; wrk sends one
            valid RS256 token (minted with the test fixture key), so after the first request
            every check is a verified-token cache hit
+  gateway, JWT RS256 (cached), 50-key jwks_url refreshed every 1 s  the same token, its key
+           fetched from a local JWKS server publishing 50 keys; every fetch changes the set
+           (one decoy key swapped, so a key is dropped each time): the data-plane cost of
+           refreshes, and whether they stall requests (p99 against the row above)
 
 Every proxy does the same per-request work: keep-alive to the upstream, X-Forwarded-For,
 X-Forwarded-Proto and a request id. The proxy under test is pinned to CPU 0; wrk and the
@@ -46,6 +50,8 @@ the per-round CPU differences: the A/B run that decides whether a hot-path chang
 """
 
 import argparse
+import http.server
+import json
 import os
 import re
 import resource
@@ -56,6 +62,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -69,9 +76,11 @@ TLS_CERT = ROOT / "tests" / "fixtures" / "tls" / "api.pem"  # ECDSA P-256, for n
 TLS_KEY = ROOT / "tests" / "fixtures" / "tls" / "api.key"
 PORTS = {"nginx": 18081, "haproxy": 18082, "gateway": 18083, "gateway-jwt": 18084, "gateway-baseline": 18085,
          "gateway-h2": 18086, "nginx-3": 18089, "gateway-3": 18090, "nginx-log": 18075, "gateway-log": 18074,
-         "gateway-hc": 18068}
+         "gateway-hc": 18068, "gateway-jwks": 18066}
 GATEWAY_ADMIN_PORTS = {"gateway": 18093, "gateway-jwt": 18094, "gateway-baseline": 18095, "gateway-h2": 18096,
-                       "gateway-3": 18097, "gateway-log": 18098, "gateway-hc": 18067}
+                       "gateway-3": 18097, "gateway-log": 18098, "gateway-hc": 18067, "gateway-jwks": 18065}
+JWKS_PORT = 18064
+JWKS_KEYS = 50
 FIXTURE_KEYS = ROOT / "tests" / "fixtures" / "keys"
 PATH = "/api/users/42"
 AGGREGATE_CONNECTIONS = 4
@@ -173,6 +182,33 @@ def to_ms(value, unit):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def serve_rotating_jwks():
+    """A JWKS server on loopback: the fixture's rsa-1 key and 48 copies of its material
+    under other kids, plus one decoy whose kid alternates, so every fetch is a changed
+    set that drops a key. Returns the fetch counter (a one-item list)."""
+    rsa = next(k for k in json.loads((FIXTURE_KEYS / "jwks.json").read_text())["keys"] if k["kid"] == "rsa-1")
+    fetches = [0]
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the http.server API)
+            fetches[0] += 1
+            keys = [dict(rsa, kid=f"key-{i}") for i in range(2, JWKS_KEYS)]
+            keys.append(dict(rsa, kid=f"decoy-{fetches[0] % 2}"))
+            body = json.dumps({"keys": [rsa, *keys]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", JWKS_PORT), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return fetches
+
+
 def run_wrk(port, duration, connections, headers=(), path=PATH):
     header_args = [arg for header in headers for arg in ("-H", header)]
     scheme = "https" if port in TLS_PORTS.values() else "http"
@@ -198,7 +234,8 @@ def main():
     parser.add_argument("--high-connections", type=int, default=1000,
                         help="connections of the high-concurrency pair of rows (0: leave them out)")
     parser.add_argument("--rows", help="measure only these comma-separated rows (a name, or a prefix "
-                        "ending in '*'; nginx's plain row is always kept)")
+                        "ending in '*'; a comma followed by a space is part of a name, as in "
+                        "'gateway, JWT*'; nginx's plain row is always kept)")
     parser.add_argument("--perf", action="store_true", help="profile the gateway's last round with perf")
     parser.add_argument("--baseline", type=Path, help="another gateway binary to measure beside this one (A/B)")
     args = parser.parse_args()
@@ -328,7 +365,18 @@ issuer = "https://auth.bench.local"
 audience = "api"
 claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
 """
+        jwks_fetches = serve_rotating_jwks()
+        jwks_auth = f"""
+[auth]
+algorithms = ["RS256"]
+jwks_url = "http://127.0.0.1:{JWKS_PORT}/jwks.json"
+jwks_refresh_seconds = 1
+issuer = "https://auth.bench.local"
+audience = "api"
+claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
+"""
         gateways = [("gateway", "", gateway_bin), ("gateway-jwt", jwt_auth, gateway_bin),
+                    ("gateway-jwks", jwks_auth, gateway_bin),
                     ("gateway-h2", "", gateway_bin), ("gateway-3", "", gateway_bin),
                     ("gateway-log", "", gateway_bin), ("gateway-hc", "", gateway_bin)]
         if args.baseline:
@@ -370,6 +418,8 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
         if args.baseline:
             targets.append(("gateway (baseline)", PORTS["gateway-baseline"], procs["gateway-baseline"].pid, ()))
         targets.append(("gateway, JWT RS256 (cached)", PORTS["gateway-jwt"], procs["gateway-jwt"].pid, jwt_headers))
+        targets.append(("gateway, JWT RS256 (cached), 50-key jwks_url refreshed every 1 s", PORTS["gateway-jwks"],
+                        procs["gateway-jwks"].pid, jwt_headers))
         targets.append(("gateway, h2c upstream", PORTS["gateway-h2"], procs["gateway-h2"].pid, ()))
         targets.append(("nginx, 3 endpoints (least_conn)", PORTS["nginx-3"], procs["nginx"].pid, ()))
         targets.append(("gateway, 3 endpoints (least_request)", PORTS["gateway-3"], procs["gateway-3"].pid, ()))
@@ -389,7 +439,7 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
         targets.append(("nginx, new TLS connections", TLS_PORTS["nginx"], procs["nginx"].pid, close))
         targets.append(("gateway, new TLS connections", TLS_PORTS["gateway"], procs["gateway"].pid, close))
         if args.rows:
-            wanted = [w.strip() for w in args.rows.split(",")]
+            wanted = [w.strip() for w in re.split(r",(?! )", args.rows)]
             targets = [t for t in targets if t[0] == "nginx" or any(
                 t[0] == w or (w.endswith("*") and t[0].startswith(w[:-1])) for w in wanted)]
         for name, port, _, headers in targets:  # warm pools and caches
@@ -441,6 +491,7 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
             print(f"| {name} | {med:,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
                   f"{statistics.median(r['p50'] for r in rs):.3f} | {statistics.median(r['p99'] for r in rs):.3f} | "
                   f"{cpu} | {cpu_ratio} | {med / nginx_rps:.2f}x | {rss} |")
+        print(f"\n(the {JWKS_KEYS}-key JWKS server answered {jwks_fetches[0]} fetches during the run)")
         if args.baseline:
             deltas = [a["cpu_us"] - b["cpu_us"] for a, b in zip(results["gateway"], results["gateway (baseline)"])]
             print(f"\nA/B, proxy CPU per request, gateway minus baseline, per round: "

@@ -229,10 +229,10 @@ impl KeyRing {
     pub fn still_trusts(&self, origin: KeyOrigin) -> Trust {
         let KeyOrigin::Remote { source, epoch, key } = origin else { return Trust::Holds };
         let Some(remote) = self.remote.get(source) else { return Trust::Void };
-        let (keys, now_epoch) = remote.current();
-        if now_epoch == epoch {
+        if remote.epoch() == epoch {
             return Trust::Holds;
         }
+        let (keys, now_epoch) = remote.current();
         match keys.is_some_and(|set| set.keys().iter().any(|k| k.digest() == key)) {
             true => Trust::HoldsAs(KeyOrigin::Remote { source, epoch: now_epoch, key }),
             false => Trust::Void,

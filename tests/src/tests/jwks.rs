@@ -263,3 +263,23 @@ fn a_jwks_url_config_is_checked_without_fetching() {
     let none = write("").expect_err("no source");
     assert!(none.contains("give at least one key source"), "{none}");
 }
+
+#[tokio::test]
+async fn a_reload_that_keeps_the_url_keeps_its_keys_fetch_loop_and_cache() {
+    let idp = TestIdp::start(jwks_document(&[("key-a", IdpKey::Rsa)])).await;
+    let w = world(&idp, r#"["RS256"]"#, "").await;
+    assert!(until(|| async { ready(&w).await == 200 }).await);
+    let token = sign_as(IdpKey::Rsa, "key-a", &claims_for("alice"));
+    assert_eq!(call(&w, &token).await.status, 200);
+    let fetches = idp.fetches();
+    let text = std::fs::read_to_string(&w.gateway.config_path).expect("read the config");
+    std::fs::write(&w.gateway.config_path, text.replace("leeway_seconds = 0", "leeway_seconds = 0\n# edited"))
+        .expect("rewrite");
+    assert!(w.gateway.wait_for_version(2).await, "the edit was applied");
+    assert_eq!(ready(&w).await, 200, "still ready: the source and its keys were kept");
+    assert_eq!(call(&w, &token).await.status, 200);
+    assert_eq!(url_source(&w).await["kids"], serde_json::json!(["key-a"]));
+    let config = get(&w.gateway.admin_url("/admin/config")).await.json();
+    assert_eq!(config["auth"]["cached_tokens"], 1, "the verified-token cache was kept");
+    assert_eq!(idp.fetches(), fetches, "no new fetch for an unchanged source");
+}
