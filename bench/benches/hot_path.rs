@@ -2,6 +2,7 @@
 //! The whole-proxy comparison with nginx and HAProxy is `python3 bench/compare.py`.
 
 use std::hint::black_box;
+use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use gateway::proxy::headers::{
@@ -115,6 +116,42 @@ fn jwt(c: &mut Criterion) {
     });
 }
 
+/// One refresh of a 50-key published JWKS on the fetch task: parse the document, build
+/// the keys, compare with the set in use and swap (every second round drops a key, so
+/// the comparison finds a change). Requests never wait for it; this is what the fetch
+/// task takes from a worker thread.
+fn jwks_refresh_50_keys(c: &mut Criterion) {
+    use gateway_plugin_auth::{KeySet, RemoteKeys, RemoteSettings};
+
+    let keys_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/keys/");
+    let fixture: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(format!("{keys_dir}jwks.json")).expect("fixture")).expect("json");
+    let rsa = fixture["keys"][0].clone();
+    let document = |decoy: u32| {
+        let mut keys: Vec<serde_json::Value> = (1..50)
+            .map(|i| {
+                let mut key = rsa.clone();
+                key["kid"] = format!("key-{i}").into();
+                key
+            })
+            .collect();
+        let mut key = rsa.clone();
+        key["kid"] = format!("decoy-{decoy}").into();
+        keys.push(key);
+        serde_json::json!({ "keys": keys }).to_string()
+    };
+    let documents = [document(0), document(1)];
+    let source = RemoteKeys::new(RemoteSettings { source: "bench".to_owned(), refresh: Duration::from_secs(1) });
+    let mut round = 0usize;
+    c.bench_function("jwks_refresh_50_keys", |b| {
+        b.iter(|| {
+            round += 1;
+            let (keys, skipped) = KeySet::from_published_jwks(black_box(&documents[round % 2])).expect("jwks");
+            source.apply(keys, skipped, 0)
+        })
+    });
+}
+
 /// A reload of a 10,000-route file: read, checksum, validate every route, compile, and
 /// register its metrics; everything but the swap itself (one atomic store).
 fn reload_10000_routes(c: &mut Criterion) {
@@ -225,5 +262,15 @@ fn transforms(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, normalisation, routing, header_hygiene, jwt, reload_10000_routes, rate_limit, transforms);
+criterion_group!(
+    benches,
+    normalisation,
+    routing,
+    header_hygiene,
+    jwt,
+    jwks_refresh_50_keys,
+    reload_10000_routes,
+    rate_limit,
+    transforms
+);
 criterion_main!(benches);

@@ -167,10 +167,15 @@ fn auth_document(
         .iter()
         .map(|s| json!({ "kind": s.kind.as_str(), "source": s.name, "kids": s.kids }))
         .collect();
+    // Kids already provided by a file or an earlier URL: those fetched keys are not used.
+    let mut earlier: std::collections::HashSet<String> = verifier.keys().fixed().kids().map(str::to_owned).collect();
     sources.extend(jwks_sources.iter().map(|source| {
         let keys = &source.keys;
         let status = keys.status();
         let (current, _) = keys.current();
+        let kids: Vec<&str> = current.as_ref().map(|set| set.kids().collect()).unwrap_or_default();
+        let shadowed: Vec<&str> = kids.iter().copied().filter(|kid| earlier.contains(*kid)).collect();
+        earlier.extend(kids.iter().map(|kid| (*kid).to_owned()));
         json!({
             "kind": gateway_plugin_auth::SourceKind::JwksUrl.as_str(),
             "source": keys.settings().source,
@@ -182,6 +187,7 @@ fn auth_document(
             "fetches_failed": status.fetches_failed,
             "last_error": status.last_error,
             "skipped_keys": status.skipped,
+            "shadowed_kids": shadowed,
         })
     }));
     json!({

@@ -283,3 +283,19 @@ async fn a_reload_that_keeps_the_url_keeps_its_keys_fetch_loop_and_cache() {
     assert_eq!(config["auth"]["cached_tokens"], 1, "the verified-token cache was kept");
     assert_eq!(idp.fetches(), fetches, "no new fetch for an unchanged source");
 }
+
+#[tokio::test]
+async fn a_kid_a_file_provides_is_never_taken_from_the_idp() {
+    // The file says key-a is the EC key; the IdP publishes an RSA key as key-a.
+    let idp = TestIdp::start(jwks_document(&[("key-a", IdpKey::Rsa), ("key-b", IdpKey::Rsa)])).await;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let file = dir.path().join("pinned.json");
+    std::fs::write(&file, jwks_document(&[("key-a", IdpKey::Ec)])).expect("write");
+    let w = world(&idp, r#"["RS256", "ES256"]"#, &format!("jwks_file = \"{}\"", file.display())).await;
+    assert!(until(|| async { ready(&w).await == 200 }).await);
+    let from_idp = call(&w, &sign_as(IdpKey::Rsa, "key-a", &claims_for("mallory"))).await;
+    assert_eq!(from_idp.status, 401, "key-a is the file's EC key, not the IdP's RSA key");
+    assert_eq!(call(&w, &sign_as(IdpKey::Ec, "key-a", &claims_for("alice"))).await.status, 200);
+    assert_eq!(call(&w, &sign_as(IdpKey::Rsa, "key-b", &claims_for("bob"))).await.status, 200);
+    assert_eq!(url_source(&w).await["shadowed_kids"], serde_json::json!(["key-a"]));
+}

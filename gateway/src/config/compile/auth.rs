@@ -211,7 +211,9 @@ impl Checker<'_> {
                                 ca_file.as_ref().map_or(at.clone(), |(_, at)| at.clone()),
                                 m.replace("no ca_file", "no jwks_ca_file"),
                             ),
-                            other => (at.clone(), format!("{other:?}")),
+                            crate::tls::UpstreamTlsError::ServerName(m)
+                            | crate::tls::UpstreamTlsError::ClientCert(m)
+                            | crate::tls::UpstreamTlsError::ClientKey(m) => (at.clone(), m),
                         };
                         self.error(at, message);
                         ok = false;
