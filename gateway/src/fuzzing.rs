@@ -5,6 +5,7 @@
 
 use std::path::Path;
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use gateway_plugin_api::RouteId;
 use gateway_plugin_auth::{KeySet, Verifier};
@@ -103,6 +104,25 @@ pub fn token(data: &[u8]) {
     };
     let verified = VERIFIER.verify(&token, 1_700_000_000);
     assert!(verified.is_err(), "a token without a fixture key's signature verified: {token}");
+}
+
+/// A published key set, as a `jwks_url` answer is read: never a panic; a set that loads
+/// has keys, no `kid` twice, and a key for every kid it lists; loading the same bytes
+/// again is "unchanged", so an unchanged answer never voids cached tokens.
+pub fn jwks(data: &[u8]) {
+    use gateway_plugin_auth::{Applied, RemoteKeys, RemoteSettings};
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok((set, _skipped)) = KeySet::from_published_jwks(text) else { return };
+    assert!(!set.keys().is_empty(), "a loaded set has keys");
+    let kids: Vec<&str> = set.kids().collect();
+    let distinct: std::collections::HashSet<&str> = kids.iter().copied().collect();
+    assert_eq!(kids.len(), distinct.len(), "a kid twice: {kids:?}");
+    assert!(kids.iter().all(|kid| set.by_kid(kid).is_some()));
+    let source = RemoteKeys::new(RemoteSettings { source: "fuzz".to_owned(), refresh: Duration::from_secs(1) });
+    assert_eq!(source.apply(set, Vec::new(), 0), Applied::First);
+    let (again, _) = KeySet::from_published_jwks(text).expect("the same bytes load again");
+    assert_eq!(source.apply(again, Vec::new(), 1), Applied::Unchanged);
+    assert_eq!(source.epoch(), 0);
 }
 
 /// The request-head screen, WebSocket upgrade detection and gRPC content-type detection,

@@ -36,3 +36,8 @@ fn the_token_corpus_replays_cleanly() {
 fn the_request_head_corpus_replays_cleanly() {
     replay("request_head", gateway::fuzzing::request_head);
 }
+
+#[test]
+fn the_jwks_corpus_replays_cleanly() {
+    replay("jwks", gateway::fuzzing::jwks);
+}
