@@ -137,6 +137,7 @@ impl MigrationStats {
                 stage: stage.as_str(),
                 time_in_stage_seconds: live_for,
                 last_dial_change: data.last_dial_change.clone(),
+                shadow: snapshot.shadow().and_then(|shadow| shadow.summary(route.id)),
             });
         }
         MigrationReport {
@@ -206,6 +207,8 @@ pub struct RouteReport {
     pub time_in_stage_seconds: u64,
     /// The last reload that moved the dial.
     pub last_dial_change: Option<DialChange>,
+    /// Shadow traffic results, when the route has `shadow`.
+    pub shadow: Option<gateway_plugin_shadow::ShadowSummary>,
 }
 
 /// Observed service share over three windows (percent; absent without traffic).

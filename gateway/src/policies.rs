@@ -6,5 +6,8 @@ use gateway_plugin_api::config::Registry;
 
 /// Every per-route policy the gateway knows.
 pub(crate) fn registry() -> Registry {
-    Registry::new().with(gateway_plugin_ratelimit::RateLimitPolicy).with(gateway_plugin_transform::TransformPolicy)
+    Registry::new()
+        .with(gateway_plugin_ratelimit::RateLimitPolicy)
+        .with(gateway_plugin_transform::TransformPolicy)
+        .with(gateway_plugin_shadow::ShadowPolicy)
 }

@@ -169,6 +169,8 @@ pub struct PhasePlugins {
     pub upstream_request: Vec<Arc<dyn Plugin>>,
     /// Run at `upstream_exchange`, before every request sent upstream.
     pub upstream_exchange: Vec<Arc<dyn Plugin>>,
+    /// Run at `mirror`, for a request the monolith is chosen to answer.
+    pub mirror: Vec<Arc<dyn Plugin>>,
     /// Run at `on_response`.
     pub on_response: Vec<Arc<dyn Plugin>>,
     /// Run at `on_complete`.
@@ -189,6 +191,9 @@ impl PhasePlugins {
             }
             if declared.upstream_exchange {
                 phases.upstream_exchange.push(plugin.clone());
+            }
+            if declared.mirror {
+                phases.mirror.push(plugin.clone());
             }
             if declared.on_request {
                 phases.on_request.push(plugin.clone());
@@ -212,6 +217,7 @@ impl std::fmt::Debug for PhasePlugins {
             .field("on_request", &names(&self.on_request))
             .field("upstream_request", &names(&self.upstream_request))
             .field("upstream_exchange", &names(&self.upstream_exchange))
+            .field("mirror", &names(&self.mirror))
             .field("on_response", &names(&self.on_response))
             .field("on_complete", &names(&self.on_complete))
             .finish()
@@ -251,6 +257,16 @@ impl Snapshot {
     /// The route with this id (ids come from this snapshot's router, so it exists).
     pub fn route(&self, id: RouteId) -> &Route {
         &self.routes[id.0]
+    }
+
+    /// The shadow plugin, when a route has `shadow`.
+    pub fn shadow(&self) -> Option<&gateway_plugin_shadow::ShadowPlugin> {
+        self.policies.iter().find_map(|built| built.concrete::<gateway_plugin_shadow::ShadowPlugin>())
+    }
+
+    /// The route named `name`.
+    pub fn route_named(&self, name: &str) -> Option<&Route> {
+        self.routes.iter().find(|route| &*route.name == name)
     }
 
     /// The route for unmatched traffic.

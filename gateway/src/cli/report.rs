@@ -58,6 +58,18 @@ pub fn fetch(admin: &str) -> Result<Value, ReportError> {
     serde_json::from_str(body).map_err(|e| fail(format!("not JSON: {e}")))
 }
 
+/// A route's shadow column: match rate and comparisons, `-` without a shadow.
+fn shadow_cell(shadow: &Value) -> String {
+    if shadow.is_null() {
+        return "-".to_owned();
+    }
+    let compared = shadow["compared"].as_u64().unwrap_or(0);
+    match shadow["match_rate_percent"].as_f64() {
+        Some(rate) => format!("{rate:.1}% of {compared}"),
+        None => "no comparisons yet".to_owned(),
+    }
+}
+
 /// The report as a table.
 pub fn render(report: &Value) -> String {
     let pct = |v: &Value| v.as_f64().map_or_else(|| "-".to_owned(), |p| format!("{p:.1}%"));
@@ -83,6 +95,7 @@ pub fn render(report: &Value) -> String {
             "ERR svc/mono",
             "P99 svc/mono",
             "FALLBACKS",
+            "SHADOW MATCH",
         ]
         .map(str::to_owned),
     ];
@@ -118,6 +131,7 @@ pub fn render(report: &Value) -> String {
             format!("{} / {}", pct(&service["error_rate_percent"]), pct(&monolith["error_rate_percent"])),
             format!("{} / {}", ms(&service["p99_ms"]), ms(&monolith["p99_ms"])),
             fallbacks,
+            shadow_cell(&route["shadow"]),
         ]);
     }
     let widths: Vec<usize> =

@@ -207,7 +207,7 @@ async fn call_service(
 }
 
 /// Reads a body that is to be replayable; most such requests (GETs) have none.
-async fn buffer(body: UpstreamBody, limit: u64) -> Result<Bytes, ProxyError> {
+pub(super) async fn buffer(body: UpstreamBody, limit: u64) -> Result<Bytes, ProxyError> {
     if body.is_end_stream() {
         return Ok(Bytes::new());
     }

@@ -20,6 +20,9 @@
 //!                          │                  upstream_request* (edit the     │
 //!                          │                  request, side requests)         │
 //!                          │                          │                       │
+//!                          │                  mirror* (monolith chosen: copies│
+//!                          │                  to start once its head is in)   │
+//!                          │                          │                       │
 //!                    upstream_exchange* before each request sent upstream     │
 //!                    (service prefix, header edits; the upstream sets Host)   │
 //!                          │                          │                       │
@@ -35,6 +38,7 @@
 pub(crate) mod aggregate;
 mod forward;
 pub mod headers;
+mod mirror;
 pub(crate) mod reply;
 #[cfg(test)]
 mod tests;
@@ -155,13 +159,25 @@ async fn run(
         let side = SideRequests { upstreams: &snapshot.upstreams };
         run_hooks(&plugins.upstream_request, |plugin| plugin.upstream_request(ctx, &mut parts, &side)).await?;
     }
-    let body = GuardedBody::new(body, limit, snapshot.server.body_read_timeout);
-    let request = Request::from_parts(parts, Either::Left(body));
+    let mut body = Either::Left(GuardedBody::new(body, limit, snapshot.server.body_read_timeout));
+    // Copies only of what the monolith answers as chosen: not a fallback, not an upgrade.
+    let mut mirrors = None;
+    if !plugins.mirror.is_empty() && selection.target == Target::Monolith && !selection.diverted && pending.is_none() {
+        let mut chosen = mirror::Mirrors::choose(&plugins.mirror, ctx, &parts);
+        if !chosen.is_empty() {
+            body = chosen.prepare_body(body).await?;
+            mirrors = Some(chosen);
+        }
+    }
+    let request = Request::from_parts(parts, body);
     let mut response = forward::forward(&plugins.upstream_exchange, route, ctx, selection, request).await?;
     match pending {
         Some(pending) => upgrade::accept(pending, &mut response).map_err(|_| ProxyError::WrongUpgrade)?,
         None if response.status() == StatusCode::SWITCHING_PROTOCOLS => return Err(ProxyError::WrongUpgrade),
         None => {}
+    }
+    if let Some(mirrors) = mirrors {
+        mirrors.start(&mut response, route, ctx, &plugins.upstream_exchange);
     }
     Ok(response)
 }

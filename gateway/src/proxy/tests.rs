@@ -490,9 +490,20 @@ impl Plugin for Probe {
             on_request: true,
             upstream_request: true,
             upstream_exchange: true,
+            mirror: true,
             on_response: true,
             on_complete: true,
         }
+    }
+
+    fn mirror(
+        &self,
+        ctx: &RequestCtx,
+        _request: &http::request::Parts,
+    ) -> Option<Box<dyn gateway_plugin_api::side::Mirror>> {
+        assert_eq!(ctx.target, Some(Target::Monolith), "only what the monolith is chosen to answer");
+        self.log.lock().unwrap().push("mirror");
+        None
     }
 
     fn authenticate(&self, ctx: &mut RequestCtx, _request: &mut http::request::Parts) -> Flow {
@@ -555,6 +566,7 @@ fn with_probe(probe: Probe) -> impl FnOnce(&mut Snapshot) {
         plugins.on_request.push(probe.clone());
         plugins.upstream_request.push(probe.clone());
         plugins.upstream_exchange.push(probe.clone());
+        plugins.mirror.push(probe.clone());
         plugins.on_response.push(probe.clone());
         plugins.on_complete.push(probe);
     }
@@ -580,6 +592,13 @@ async fn hooks_run_in_phase_order_and_a_wait_calls_the_hook_again() {
         ]
     );
     assert_eq!(h.users.last().headers()["x-probe"], "edited", "upstream_request edits the outgoing request");
+
+    // The monolith's side: mirror runs after upstream_request, before the exchange.
+    log.lock().unwrap().clear();
+    assert_eq!(h.get("/elsewhere").await.status(), StatusCode::OK);
+    let log = log.lock().unwrap();
+    let at = |phase: &str| log.iter().position(|e| *e == phase).unwrap_or_else(|| panic!("{phase} in {log:?}"));
+    assert!(at("upstream_request") < at("mirror") && at("mirror") < at("upstream_exchange:monolith"), "{log:?}");
 }
 
 #[tokio::test]
@@ -622,7 +641,11 @@ async fn a_side_request_to_an_unknown_upstream_fails_cleanly() {
     let result = side.send("nope", Request::new(Bytes::new()), 10).await;
     assert_eq!(result.unwrap_err(), gateway_plugin_api::side::SideError::UnknownUpstream("nope".to_owned()));
     let result = side.send("users", Request::builder().uri("/x").body(Bytes::new()).unwrap(), 2).await;
-    assert_eq!(result.unwrap_err(), gateway_plugin_api::side::SideError::TooLarge, "users answers 'users /x'");
+    let too_large = result.unwrap_err();
+    assert!(
+        matches!(too_large, gateway_plugin_api::side::SideError::TooLarge { status, .. } if status == StatusCode::OK),
+        "users answers 'users /x': {too_large:?}"
+    );
 }
 
 // === route transforms ===

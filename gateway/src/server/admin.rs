@@ -1,4 +1,5 @@
-//! The admin listener: `/health`, `/ready`, `/metrics`, `/admin/config`.
+//! The admin listener: `/health`, `/ready`, `/metrics`, `/admin/config`, `/admin/migration`,
+//! `/admin/shadow/ROUTE` and the `/admin/` page.
 //!
 //! It runs on its own address (loopback by default), apart from the data plane, so
 //! metrics and config are never reachable through the proxy port.
@@ -74,11 +75,54 @@ fn respond(gateway: &Gateway, request: &Request<Incoming>) -> Response<Full<Byte
         "/admin/config" => json_response(StatusCode::OK, &config_document(gateway)),
         "/admin/migration" => json_response(StatusCode::OK, &json!(gateway.migration_report())),
         "/admin/" | "/admin" => migration_page(gateway),
+        path if path.starts_with(SHADOW_PREFIX) => shadow_document(gateway, &path[SHADOW_PREFIX.len()..])
+            .map(|document| json_response(StatusCode::OK, &document))
+            .unwrap_or_else(|| {
+                let rejection =
+                    Rejection::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no route of that name has a shadow");
+                render(rejection, &request_id(request.headers()))
+            }),
         _ => {
             let rejection = Rejection::new(StatusCode::NOT_FOUND, codes::NOT_FOUND, "no such admin endpoint");
             render(rejection, &request_id(request.headers()))
         }
     }
+}
+
+/// `GET /admin/shadow/ROUTE`.
+const SHADOW_PREFIX: &str = "/admin/shadow/";
+
+/// `/admin/shadow/ROUTE`: the route's shadow results with its last mismatches (method,
+/// path without query, both statuses, the differing pointers with both values cut to 200
+/// characters; the caller's secrets already redacted by the plugin).
+fn shadow_document(gateway: &Gateway, name: &str) -> Option<serde_json::Value> {
+    let snapshot = gateway.snapshot();
+    let route = snapshot.route_named(name)?;
+    let shadow = snapshot.shadow()?;
+    let summary = shadow.summary(route.id)?;
+    let samples: Vec<serde_json::Value> = shadow
+        .samples(route.id)?
+        .iter()
+        .rev()
+        .map(|sample| {
+            json!({
+                "method": sample.method,
+                "path": sample.path,
+                "monolith_status": sample.statuses.0,
+                "service_status": sample.statuses.1,
+                "differences": sample.differences.iter().map(|d| json!({
+                    "pointer": d.pointer,
+                    "monolith": d.primary,
+                    "service": d.shadow,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Some(json!({
+        "route": &*route.name,
+        "summary": summary,
+        "last_mismatches": samples,
+    }))
 }
 
 /// `/admin/config`: what is being served and where it came from.

@@ -2,7 +2,8 @@
 //! asks the upstream's breaker first and reports the outcome to it afterwards.
 //!
 //! [`SideRequests`] exposes the same call to policies (shadow copies, mirrors) as the
-//! plugin API's [`Upstreams`], over the snapshot being served.
+//! plugin API's [`Upstreams`], over the snapshot being served; [`side_call`] is the one
+//! side request both it and the mirrors' route sides make.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -92,23 +93,33 @@ pub(crate) struct SideRequests<'a> {
 
 impl Upstreams for SideRequests<'_> {
     fn send(&self, name: &str, request: Request<Bytes>, max_body_bytes: usize) -> SideFuture {
-        let Some(upstream) = self.upstreams.get(name).cloned() else {
-            let name = name.to_owned();
-            return Box::pin(async move { Err(SideError::UnknownUpstream(name)) });
-        };
-        Box::pin(async move {
-            let request = request.map(|body| Either::Right(Full::new(body)));
-            let response = match call(&upstream, request).await {
-                Ok(response) => response,
-                Err(CallFailure::Refused { .. }) => return Err(SideError::BreakerOpen),
-                Err(CallFailure::Failed { error, .. }) => return Err(SideError::Failed(error.to_string())),
-            };
-            let (parts, body) = response.into_parts();
-            match Limited::new(body, max_body_bytes).collect().await {
-                Ok(collected) => Ok(Response::from_parts(parts, collected.to_bytes())),
-                Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(SideError::TooLarge),
-                Err(e) => Err(SideError::Failed(format!("the response body broke: {e}"))),
+        match self.upstreams.get(name) {
+            Some(upstream) => side_call(upstream.clone(), request, max_body_bytes),
+            None => {
+                let name = name.to_owned();
+                Box::pin(async move { Err(SideError::UnknownUpstream(name)) })
             }
-        })
+        }
     }
+}
+
+/// One side request through `upstream`'s breaker, its body read up to `max_body_bytes`.
+pub(crate) fn side_call(upstream: Arc<Upstream>, request: Request<Bytes>, max_body_bytes: usize) -> SideFuture {
+    Box::pin(async move {
+        let request = request.map(|body| Either::Right(Full::new(body)));
+        let response = match call(&upstream, request).await {
+            Ok(response) => response,
+            Err(CallFailure::Refused { .. }) => return Err(SideError::BreakerOpen),
+            Err(CallFailure::Failed { error, .. }) => return Err(SideError::Failed(error.to_string())),
+        };
+        let (parts, body) = response.into_parts();
+        match Limited::new(body, max_body_bytes).collect().await {
+            Ok(collected) => Ok(Response::from_parts(parts, collected.to_bytes())),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(SideError::TooLarge {
+                status: parts.status,
+                content_type: parts.headers.get(http::header::CONTENT_TYPE).cloned(),
+            }),
+            Err(e) => Err(SideError::Failed(format!("the response body broke: {e}"))),
+        }
+    })
 }

@@ -22,6 +22,8 @@ use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::time::Instant;
 
+use super::tee::BodyTee;
+
 use super::{
     SendFailure, UpstreamBody, UpstreamError, UpstreamSettings, connect_address, connect_upstream, exchange_error,
 };
@@ -71,7 +73,11 @@ impl Http1 {
                 }
                 Ok(response) => {
                     let pool = Arc::clone(&self.pool);
-                    return Ok(response.map(|body| PooledBody { inner: body, lease: Some(Lease { sender, pool }) }));
+                    return Ok(response.map(|body| PooledBody {
+                        inner: body,
+                        lease: Some(Lease { sender, pool }),
+                        tee: None,
+                    }));
                 }
                 Err(mut failed) => match failed.take_message() {
                     // Never sent: the pooled connection closed while parked. Try the next.
@@ -176,6 +182,8 @@ impl Pool {
 pub struct PooledBody {
     inner: Incoming,
     lease: Option<Lease>,
+    /// A copy for mirrors (shadow traffic), kept as the body streams.
+    tee: Option<Box<BodyTee>>,
 }
 
 struct Lease {
@@ -187,7 +195,35 @@ impl PooledBody {
     /// A body whose connection is not the pool's to take back (HTTP/2, a switched
     /// protocol).
     pub(crate) fn unpooled(inner: Incoming) -> Self {
-        PooledBody { inner, lease: None }
+        PooledBody { inner, lease: None, tee: None }
+    }
+
+    /// Keeps a copy of the body as it streams, for the mirrors subscribed to `tee`.
+    pub(crate) fn tee(&mut self, tee: BodyTee) {
+        self.tee = Some(Box::new(tee));
+    }
+
+    fn observe(&mut self, frame: &Option<Result<Frame<Bytes>, hyper::Error>>) {
+        let Some(tee) = &mut self.tee else { return };
+        match frame {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    tee.data(data);
+                }
+                if self.inner.is_end_stream()
+                    && let Some(tee) = self.tee.take()
+                {
+                    tee.end();
+                }
+            }
+            None => {
+                if let Some(tee) = self.tee.take() {
+                    tee.end();
+                }
+            }
+            // Broken off: the mirrors learn it when the copy is dropped.
+            Some(Err(_)) => self.tee = None,
+        }
     }
 
     fn release_if_finished(&mut self) {
@@ -205,6 +241,7 @@ impl Body for PooledBody {
 
     fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        self.observe(&frame);
         if frame.is_none() {
             if let Some(lease) = self.lease.take() {
                 lease.pool.park(lease.sender);
@@ -227,6 +264,11 @@ impl Body for PooledBody {
 impl Drop for PooledBody {
     fn drop(&mut self) {
         // An empty body (204, HEAD, Content-Length: 0) may never be polled.
+        if self.inner.is_end_stream()
+            && let Some(tee) = self.tee.take()
+        {
+            tee.end();
+        }
         self.release_if_finished();
     }
 }

@@ -19,6 +19,7 @@ pub(crate) mod http2;
 pub mod jwks;
 #[cfg(test)]
 pub(crate) mod memory;
+pub(crate) mod tee;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

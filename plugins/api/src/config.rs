@@ -229,6 +229,14 @@ impl std::fmt::Debug for BuiltPlugin {
     }
 }
 
+impl BuiltPlugin {
+    /// The plugin as its concrete type, when it is a `T` (the gateway's admin endpoints
+    /// read a policy's own state this way).
+    pub fn concrete<T: Any>(&self) -> Option<&T> {
+        self.concrete.downcast_ref::<T>()
+    }
+}
+
 /// Compiled sections of one policy, type-erased for the registry.
 pub struct CompiledSections {
     entries: PerRoute<Box<dyn Any + Send + Sync>>,

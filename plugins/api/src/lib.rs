@@ -11,7 +11,8 @@
 //!
 //! ```text
 //!  normalise -> route -> authenticate* -> on_request* -> select_target
-//!     -> upstream_request* -> forward | aggregate -> on_response* -> on_complete* (always)
+//!     -> upstream_request* -> mirror* -> forward | aggregate -> on_response*
+//!     -> on_complete* (always)
 //!                               │
 //!            upstream_exchange* before every request sent upstream (the forward, a
 //!            fallback replay on the monolith, each aggregate part fetched for a route)
@@ -271,6 +272,8 @@ pub struct Phases {
     pub upstream_request: bool,
     /// Runs [`Plugin::upstream_exchange`].
     pub upstream_exchange: bool,
+    /// Runs [`Plugin::mirror`].
+    pub mirror: bool,
     /// Runs [`Plugin::on_response`].
     pub on_response: bool,
     /// Runs [`Plugin::on_complete`].
@@ -325,6 +328,14 @@ pub trait Plugin: Send + Sync + 'static {
     /// default does nothing.
     fn upstream_exchange(&self, _ctx: &RequestCtx, _exchange: &Exchange, _request: &mut http::request::Parts) {}
 
+    /// Runs after `upstream_request` for a request the monolith is chosen to answer (not
+    /// a fallback, not an upgrade), with the outgoing head as matched: may ask for a copy
+    /// to be made once the monolith's response head is in hand ([`side::Mirror`]). Keep
+    /// the usual answer, `None`, cheap. The default returns `None`.
+    fn mirror(&self, _ctx: &RequestCtx, _request: &http::request::Parts) -> Option<Box<dyn side::Mirror>> {
+        None
+    }
+
     /// Runs when the response head is ready (from the upstream or the gateway itself),
     /// before it is sent. The default does nothing.
     fn on_response(&self, _ctx: &RequestCtx, _response: &mut http::response::Parts) {}
@@ -377,7 +388,8 @@ mod tests {
         assert_eq!(SideError::UnknownUpstream("x".into()).to_string(), "no upstream named x");
         assert_eq!(SideError::BreakerOpen.to_string(), "the upstream's circuit breaker is open");
         assert_eq!(SideError::Failed("timed out".into()).to_string(), "timed out");
-        assert_eq!(SideError::TooLarge.to_string(), "the response body is over the limit");
+        let too_large = SideError::TooLarge { status: StatusCode::OK, content_type: None };
+        assert_eq!(too_large.to_string(), "the response body is over the limit");
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod ratelimit;
 mod reload;
 mod rollout;
 mod routing;
+mod shadow;
 mod streaming;
 mod tls;
 mod transforms;
