@@ -34,6 +34,13 @@ measures, interleaved round by round so drift hits every target alike:
            fetched from a local JWKS server publishing 50 keys; every fetch changes the set
            (one decoy key swapped, so a key is dropped each time): the data-plane cost of
            refreshes, and whether they stall requests (p99 against the row above)
+  gateway, monolith side (dial 0)  the route at dial 0, so the monolith answers: the
+           baseline of the two shadow rows
+  gateway, monolith side, shadow 10% ...  the same with `shadow = { percent = 10.0 }`: one
+           request in ten is copied to the service (the same upstream nginx) and compared;
+           the CPU includes the copies' own exchanges. Against a service that answers in
+           300 ms (a local Python server), copies pile up to `max_in_flight` and the rest
+           are dropped: the client's p99 must not move
 
 Every proxy does the same per-request work: keep-alive to the upstream, X-Forwarded-For,
 X-Forwarded-Proto and a request id. The proxy under test is pinned to CPU 0; wrk and the
@@ -64,6 +71,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -76,9 +84,14 @@ TLS_CERT = ROOT / "tests" / "fixtures" / "tls" / "api.pem"  # ECDSA P-256, for n
 TLS_KEY = ROOT / "tests" / "fixtures" / "tls" / "api.key"
 PORTS = {"nginx": 18081, "haproxy": 18082, "gateway": 18083, "gateway-jwt": 18084, "gateway-baseline": 18085,
          "gateway-h2": 18086, "nginx-3": 18089, "gateway-3": 18090, "nginx-log": 18075, "gateway-log": 18074,
-         "gateway-hc": 18068, "gateway-jwks": 18066}
+         "gateway-hc": 18068, "gateway-jwks": 18066, "gateway-mono": 18063, "gateway-shadow": 18062,
+         "gateway-shadow-slow": 18061}
 GATEWAY_ADMIN_PORTS = {"gateway": 18093, "gateway-jwt": 18094, "gateway-baseline": 18095, "gateway-h2": 18096,
-                       "gateway-3": 18097, "gateway-log": 18098, "gateway-hc": 18067, "gateway-jwks": 18065}
+                       "gateway-3": 18097, "gateway-log": 18098, "gateway-hc": 18067, "gateway-jwks": 18065,
+                       "gateway-mono": 18060, "gateway-shadow": 18059, "gateway-shadow-slow": 18058}
+# A service that answers after SLOW_SERVICE_SECONDS, for the slow-shadow row.
+SLOW_SERVICE_PORT = 18057
+SLOW_SERVICE_SECONDS = 0.3
 JWKS_PORT = 18064
 JWKS_KEYS = 50
 FIXTURE_KEYS = ROOT / "tests" / "fixtures" / "keys"
@@ -209,6 +222,30 @@ def serve_rotating_jwks():
     return fetches
 
 
+def serve_slow_service():
+    """A service on loopback that answers the bench's body after SLOW_SERVICE_SECONDS:
+    what a shadow copy meets when the new service is slow."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802 (the http.server API)
+            time.sleep(SLOW_SERVICE_SECONDS)
+            body = b'{"id":42,"name":"ada"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", SLOW_SERVICE_PORT), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+
 def run_wrk(port, duration, connections, headers=(), path=PATH):
     header_args = [arg for header in headers for arg in ("-H", header)]
     scheme = "https" if port in TLS_PORTS.values() else "http"
@@ -247,6 +284,8 @@ def main():
     if args.perf:
         need("perf", "linux-perf")
 
+    # This script's own threads (the JWKS and slow-service servers) stay off the proxy's CPU.
+    os.sched_setaffinity(0, {int(LOAD_CPU)})
     need("nginx", "nginx-light")
     need("haproxy", "haproxy")
     need("wrk", "wrk")
@@ -378,7 +417,10 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
         gateways = [("gateway", "", gateway_bin), ("gateway-jwt", jwt_auth, gateway_bin),
                     ("gateway-jwks", jwks_auth, gateway_bin),
                     ("gateway-h2", "", gateway_bin), ("gateway-3", "", gateway_bin),
-                    ("gateway-log", "", gateway_bin), ("gateway-hc", "", gateway_bin)]
+                    ("gateway-log", "", gateway_bin), ("gateway-hc", "", gateway_bin),
+                    ("gateway-mono", "", gateway_bin), ("gateway-shadow", "", gateway_bin),
+                    ("gateway-shadow-slow", "", gateway_bin)]
+        serve_slow_service()
         if args.baseline:
             gateways.append(("gateway-baseline", "", args.baseline.resolve()))
         for name, auth, binary in gateways:
@@ -395,6 +437,14 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
                 urls = ", ".join(f'"http://127.0.0.1:{port}"' for port in (UPSTREAM_PORT, *UPSTREAM_EXTRA_PORTS))
                 text = text.replace(f'[upstreams.users]\nurl = "http://127.0.0.1:{UPSTREAM_PORT}"',
                                     f'[upstreams.users]\nendpoints = [{urls}]\nbalance = "least_request"')
+            if name in ("gateway-mono", "gateway-shadow", "gateway-shadow-slow"):
+                # The monolith answers the route; the shadow rows copy 10% to the service.
+                shadow = {"gateway-mono": "", "gateway-shadow": "\nshadow = { percent = 10.0 }",
+                          "gateway-shadow-slow": "\nshadow = { percent = 10.0 }"}[name]
+                text = text.replace('service = "users"\n', f'service = "users"\nrollout_percent = 0{shadow}\n', 1)
+            if name == "gateway-shadow-slow":
+                text = text.replace(f'[upstreams.users]\nurl = "http://127.0.0.1:{UPSTREAM_PORT}"',
+                                    f'[upstreams.users]\nurl = "http://127.0.0.1:{SLOW_SERVICE_PORT}"\ntimeout_ms = 1000')
             log = subprocess.DEVNULL
             if name == "gateway-log":
                 text = text.replace("access_log = false", "access_log = true")
@@ -423,6 +473,11 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
         targets.append(("gateway, h2c upstream", PORTS["gateway-h2"], procs["gateway-h2"].pid, ()))
         targets.append(("nginx, 3 endpoints (least_conn)", PORTS["nginx-3"], procs["nginx"].pid, ()))
         targets.append(("gateway, 3 endpoints (least_request)", PORTS["gateway-3"], procs["gateway-3"].pid, ()))
+        targets.append(("gateway, monolith side (dial 0)", PORTS["gateway-mono"], procs["gateway-mono"].pid, ()))
+        targets.append(("gateway, monolith side, shadow 10% to the service", PORTS["gateway-shadow"],
+                        procs["gateway-shadow"].pid, ()))
+        targets.append((f"gateway, monolith side, shadow 10% to a service taking {SLOW_SERVICE_SECONDS * 1000:.0f} ms",
+                        PORTS["gateway-shadow-slow"], procs["gateway-shadow-slow"].pid, ()))
         targets.append(("nginx, access log to a file", PORTS["nginx-log"], procs["nginx"].pid, ()))
         targets.append(("gateway, access log to a file", PORTS["gateway-log"], procs["gateway-log"].pid, ()))
         connections = {}
@@ -492,6 +547,21 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
                   f"{statistics.median(r['p50'] for r in rs):.3f} | {statistics.median(r['p99'] for r in rs):.3f} | "
                   f"{cpu} | {cpu_ratio} | {med / nginx_rps:.2f}x | {rss} |")
         print(f"\n(the {JWKS_KEYS}-key JWKS server answered {jwks_fetches[0]} fetches during the run)")
+        mono, shadowed = "gateway, monolith side (dial 0)", "gateway, monolith side, shadow 10% to the service"
+        if mono in results and shadowed in results:
+            deltas = [a["cpu_us"] - b["cpu_us"] for a, b in zip(results[shadowed], results[mono])]
+            print(f"\nshadow 10% minus no shadow, proxy CPU per request, per round: "
+                  f"{' '.join(f'{d:+.1f}' for d in deltas)} us; median {statistics.median(deltas):+.1f} us "
+                  f"(copies' own exchanges included)")
+            for name in ("gateway-shadow", "gateway-shadow-slow"):
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{GATEWAY_ADMIN_PORTS[name]}/admin/migration",
+                                                timeout=5) as answer:
+                        found = json.load(answer)["routes"][0]["shadow"]
+                    print(f"{name}: compared {found['compared']}, matched {found['matched']}, "
+                          f"errors {found['errors']}, dropped {found['dropped']}, service p99 {found['service_p99_ms']} ms")
+                except (OSError, KeyError, ValueError) as e:
+                    print(f"{name}: no shadow report ({e})")
         if args.baseline:
             deltas = [a["cpu_us"] - b["cpu_us"] for a, b in zip(results["gateway"], results["gateway (baseline)"])]
             print(f"\nA/B, proxy CPU per request, gateway minus baseline, per round: "
