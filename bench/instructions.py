@@ -5,7 +5,7 @@
 
 For each gateway binary (for example target/release/gateway and one built from an older
 commit) and each config variant (plain proxy; access log on, to a file; three endpoints
-with least_request), starts the gateway under `valgrind --tool=callgrind` with
+with least_request; with --variants also "dial 0", "shadow 10%", "shadow 100%"), starts the gateway under `valgrind --tool=callgrind` with
 instrumentation off, warms it up, switches it on, runs wrk against it, dumps, and prints the
 user-space instructions per request (all threads: the worker and the log writer). The
 kernel's share (loopback TCP) is not counted, so this is the part our code decides.
@@ -56,7 +56,18 @@ url = "http://127.0.0.1:{UPSTREAM_PORTS[0]}"
 name = "users"
 prefix = "/api/users"
 service = "users"
+{ROUTE_EXTRA.get(variant, "")}
 """
+
+
+# The shadow variants: the monolith answers (dial 0), and `shadow` copies that share to the
+# service. With both, the mirror phase's cost on a request that is not copied is
+# (shadow 10%) - (dial 0) - 0.1 x the cost of one copy, which (shadow 100%) - (shadow 10%) = 0.9 x.
+ROUTE_EXTRA = {
+    "dial 0": "rollout_percent = 0",
+    "shadow 10%": "rollout_percent = 0\nshadow = { percent = 10.0 }",
+    "shadow 100%": "rollout_percent = 0\nshadow = { percent = 100.0, max_in_flight = 1000 }",
+}
 
 
 def wrk(seconds, connections):
