@@ -232,6 +232,8 @@ fn transforms(c: &mut Criterion) {
         prefix: "/api/users",
         claim_headers: &[],
         checks_tokens: false,
+        rollout_percent: 100.0,
+        sticky: true,
         name_span: 0..0,
     };
     let compiled = TransformPolicy.compile_route(&info, sections, &mut ConfigErrors::default()).expect("valid");

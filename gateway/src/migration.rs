@@ -93,8 +93,13 @@ impl MigrationStats {
             extracted += 1;
             let breaker = route.service.as_ref().and_then(|s| s.breaker.as_ref()).map(|b| b.state(crate::clock::now()));
             let percent = policy.percent.percent();
-            let effective = if breaker == Some(CircuitState::Open) { 0.0 } else { percent };
-            let mut stage = data.stage.unwrap_or_default();
+            // The ramp's dial while the route has a ramp; 0 while the breaker is open.
+            let dial = route.effective_percent().unwrap_or(percent);
+            let effective = if breaker == Some(CircuitState::Open) { 0.0 } else { dial };
+            let mut stage = match &route.ramp {
+                Some(_) => Stage::of(Some(dial)),
+                None => data.stage.unwrap_or_default(),
+            };
             let monolith_quiet = data.monolith_last_served.is_none_or(|at| now.saturating_sub(at) >= COMPLETE_AFTER);
             let live_for = unix_now().saturating_sub(data.stage_since);
             if stage == Stage::Live && monolith_quiet && live_for >= COMPLETE_AFTER.as_secs() {
@@ -138,6 +143,7 @@ impl MigrationStats {
                 time_in_stage_seconds: live_for,
                 last_dial_change: data.last_dial_change.clone(),
                 shadow: snapshot.shadow().and_then(|shadow| shadow.summary(route.id)),
+                ramp: route.ramp.as_ref().map(|ramp| ramp.status()),
             });
         }
         MigrationReport {
@@ -183,7 +189,7 @@ pub struct RouteReport {
     pub monolith: String,
     /// The configured dial.
     pub dial_percent: f64,
-    /// The dial after the breaker: 0 while the service's breaker is open.
+    /// The dial in force: the ramp's while one runs, 0 while the service's breaker is open.
     pub effective_dial_percent: f64,
     /// Share of the route's requests the service answered.
     pub observed_service_share_percent: ShareReport,
@@ -209,6 +215,8 @@ pub struct RouteReport {
     pub last_dial_change: Option<DialChange>,
     /// Shadow traffic results, when the route has `shadow`.
     pub shadow: Option<gateway_plugin_shadow::ShadowSummary>,
+    /// The guarded ramp, when the route has `ramp`: state, next step, last event.
+    pub ramp: Option<gateway_plugin_ramp::RampStatus>,
 }
 
 /// Observed service share over three windows (percent; absent without traffic).
@@ -246,4 +254,14 @@ pub struct OverallReport {
     pub routes_extracted: usize,
     /// Of those, routes complete: at 100% for 15 minutes with nothing served by the monolith.
     pub routes_fully_migrated: usize,
+}
+
+/// Sets `gateway_rollout_effective_percent` for every route of a snapshot being installed.
+pub(crate) fn publish_effective_dials(snapshot: &Snapshot) {
+    for route in &snapshot.routes {
+        if let Some(percent) = route.effective_percent() {
+            metrics::gauge!(gateway_plugin_ramp::ROLLOUT_EFFECTIVE_PERCENT, "route" => route.name.to_string())
+                .set(percent);
+        }
+    }
 }

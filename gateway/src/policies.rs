@@ -10,4 +10,5 @@ pub(crate) fn registry() -> Registry {
         .with(gateway_plugin_ratelimit::RateLimitPolicy)
         .with(gateway_plugin_transform::TransformPolicy)
         .with(gateway_plugin_shadow::ShadowPolicy)
+        .with(gateway_plugin_ramp::RampPolicy)
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use gateway_plugin_api::config::BuiltPlugin;
 use gateway_plugin_api::{Plugin, RouteId, Target};
 use gateway_plugin_auth::AuthMode;
-use gateway_plugin_rollout::{Caller, Reason, RoutePolicy, ServiceHealth};
+use gateway_plugin_rollout::{BasisPoints, Caller, Reason, RoutePolicy, ServiceHealth};
 
 use crate::routing::router::Router;
 use crate::telemetry::stats::RouteStats;
@@ -113,6 +113,8 @@ pub struct Route {
     /// For an aggregate endpoint: its parts. Aggregates sit after the routes and before
     /// the default route in the table; their `prefix` is `None`.
     pub aggregate: Option<Arc<gateway_plugin_aggregate::Aggregate>>,
+    /// The route's guarded ramp, when it has one: it holds the effective dial.
+    pub ramp: Option<Arc<gateway_plugin_ramp::RouteRamp>>,
 }
 
 /// A route's `fallback` settings.
@@ -144,12 +146,26 @@ impl Route {
         if refusing { ServiceHealth::BreakerOpen } else { ServiceHealth::Available }
     }
 
+    /// The dial in force: the ramp's effective dial while the route has a ramp, else the
+    /// configured one.
+    pub fn dial(&self, policy: &RoutePolicy) -> BasisPoints {
+        match &self.ramp {
+            Some(ramp) => BasisPoints::new(ramp.effective()),
+            None => policy.percent,
+        }
+    }
+
+    /// The effective dial, percent; `None` for a route without one.
+    pub fn effective_percent(&self) -> Option<f64> {
+        self.policy.as_ref().map(|policy| self.dial(policy).percent())
+    }
+
     /// Picks the side for `caller`. The data plane and `gateway explain` both call this,
     /// and it calls the one rollout function, [`gateway_plugin_rollout::decide`].
     pub fn decide(&self, caller: &Caller<'_>, health: ServiceHealth) -> RouteDecision<'_> {
         match (&self.policy, &self.service) {
             (Some(policy), Some(service)) => {
-                let decision = gateway_plugin_rollout::decide(policy, caller, health);
+                let decision = gateway_plugin_rollout::decide_at(policy, self.dial(policy), caller, health);
                 let upstream = if decision.target == Target::Service { service } else { &self.monolith };
                 RouteDecision { target: decision.target, reason: Some(decision.reason), upstream }
             }

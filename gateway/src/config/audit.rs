@@ -25,6 +25,9 @@ pub struct Change {
     /// After, when there is an after.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
+    /// Why, in words, when the change has a reason (a ramp's evidence).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 
 /// An applied reload, as kept on `/admin/config`.
@@ -109,6 +112,7 @@ pub(crate) fn now() -> (String, u64) {
 pub fn diff(old: &Snapshot, new: &Snapshot) -> Vec<Change> {
     let mut changes = Vec::new();
     let change = |subject: &str, change: &str, from: Option<String>, to: Option<String>| Change {
+        detail: None,
         subject: subject.to_owned(),
         change: change.to_owned(),
         from,

@@ -6,6 +6,7 @@
 
 mod admin;
 mod idle;
+mod ramp;
 mod reload;
 pub(crate) mod state;
 
@@ -107,6 +108,7 @@ pub async fn start(snapshot: Snapshot) -> Result<RunningGateway, StartError> {
     let mut tasks = vec![
         tokio::spawn(admin::serve(admin_listener, gateway.clone(), shutdown_rx.clone())),
         tokio::spawn(metrics_upkeep(gateway.metrics.clone(), shutdown_rx.clone())),
+        tokio::spawn(ramp::drive(gateway.clone(), shutdown_rx.clone())),
     ];
     if let Some(listener) = listener {
         tasks.push(tokio::spawn(serve_proxy(listener, None, gateway.clone(), shutdown_rx.clone())));

@@ -31,6 +31,7 @@ impl Gateway {
         let migration = MigrationStats::default();
         let _ = snapshot.route_stats.set(migration.table_for(&snapshot));
         start_health_checks(&snapshot);
+        crate::migration::publish_effective_dials(&snapshot);
         Gateway {
             config: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
@@ -58,6 +59,7 @@ impl Gateway {
         let version = next.meta.version;
         let _ = next.route_stats.set(self.migration.table_for(&next));
         start_health_checks(&next);
+        crate::migration::publish_effective_dials(&next);
         self.config.store(Arc::new(next));
         gauge!(names::CONFIG_VERSION).set(version as f64);
     }

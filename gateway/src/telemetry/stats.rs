@@ -54,6 +54,27 @@ impl Side {
         }
     }
 
+    /// What was added to `self` since it was `earlier` (totals only grow).
+    pub(crate) fn since(&self, earlier: &Side) -> Side {
+        let mut delta = Side {
+            requests: self.requests.saturating_sub(earlier.requests),
+            errors: self.errors.saturating_sub(earlier.errors),
+            latency: self.latency,
+        };
+        for (now, then) in delta.latency.iter_mut().zip(earlier.latency) {
+            *now = now.saturating_sub(then);
+        }
+        delta
+    }
+
+    /// Both bounds (ms) of the bucket holding quantile `q`: the lower is the previous
+    /// bucket's upper bound (0 for the first).
+    pub(crate) fn quantile_bounds_ms(&self, q: f64) -> Option<(f64, f64)> {
+        let upper = self.quantile_ms(q)?;
+        let lower = LATENCY_BOUNDS_MS.iter().copied().take_while(|bound| *bound < upper).last().unwrap_or(0.0);
+        Some((lower, upper))
+    }
+
     /// The upper bound (ms) of the bucket holding quantile `q`.
     pub(crate) fn quantile_ms(&self, q: f64) -> Option<f64> {
         let total: u64 = self.latency.iter().map(|c| u64::from(*c)).sum();

@@ -133,6 +133,11 @@ pub struct RouteInfo<'a> {
     /// True when the route verifies tokens (`auth` is `required` or `optional`), so a
     /// verified [`crate::Identity`] may be on its requests.
     pub checks_tokens: bool,
+    /// The route's `rollout_percent` as configured (100 when absent).
+    pub rollout_percent: f64,
+    /// True when the route has a sticky key (its `sticky`, or `claim:sub` where tokens
+    /// are checked), so partial dials are possible.
+    pub sticky: bool,
     /// Where the route's `name` is in the file, for problems about the route as a whole.
     pub name_span: Range<usize>,
 }
@@ -440,6 +445,8 @@ mod tests {
             prefix: "/r",
             claim_headers: &[],
             checks_tokens: false,
+            rollout_percent: 100.0,
+            sticky: true,
             name_span: 0..1,
         }
     }

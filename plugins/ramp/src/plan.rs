@@ -263,7 +263,8 @@ impl Ramp {
                 thousands(evidence.service.requests),
                 thousands(self.plan.min_requests)
             );
-            let event = Event { kind: EventKind::Wait, at_unix: now, from: self.effective, to: self.effective, message };
+            let event =
+                Event { kind: EventKind::Wait, at_unix: now, from: self.effective, to: self.effective, message };
             return Some(self.record(event));
         }
         let from = self.effective;
@@ -338,7 +339,7 @@ pub fn pct(basis_points: u32) -> String {
     let whole = basis_points / 100;
     match basis_points % 100 {
         0 => format!("{whole}%"),
-        rest if rest % 10 == 0 => format!("{whole}.{}%", rest / 10),
+        rest if rest.is_multiple_of(10) => format!("{whole}.{}%", rest / 10),
         rest => format!("{whole}.{rest:02}%"),
     }
 }
@@ -351,7 +352,7 @@ fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
@@ -478,7 +479,13 @@ mod tests {
 
     #[test]
     fn percentages_and_counts_read_well() {
-        assert_eq!((pct(2500), pct(1250), pct(1205), pct(0)), ("25%".into(), "12.5%".into(), "12.05%".into(), "0%".into()));
-        assert_eq!((thousands(7), thousands(1_204), thousands(1_234_567)), ("7".into(), "1,204".into(), "1,234,567".into()));
+        assert_eq!(
+            (pct(2500), pct(1250), pct(1205), pct(0)),
+            ("25%".into(), "12.5%".into(), "12.05%".into(), "0%".into())
+        );
+        assert_eq!(
+            (thousands(7), thousands(1_204), thousands(1_234_567)),
+            ("7".into(), "1,204".into(), "1,234,567".into())
+        );
     }
 }

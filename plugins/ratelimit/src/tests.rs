@@ -10,7 +10,16 @@ use super::*;
 const T0: Duration = Duration::from_secs(1000);
 
 fn info(checks_tokens: bool) -> RouteInfo<'static> {
-    RouteInfo { id: RouteId(0), name: "search", prefix: "/search", claim_headers: &[], checks_tokens, name_span: 0..0 }
+    RouteInfo {
+        id: RouteId(0),
+        name: "search",
+        prefix: "/search",
+        claim_headers: &[],
+        checks_tokens,
+        rollout_percent: 100.0,
+        sticky: true,
+        name_span: 0..0,
+    }
 }
 
 /// Compiles one `rate_limit` value; the problems come with the text each span covers.

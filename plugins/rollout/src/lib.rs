@@ -60,6 +60,11 @@ impl BasisPoints {
         ((scaled - rounded).abs() < 1e-6).then_some(BasisPoints(rounded as u32))
     }
 
+    /// `n` basis points, at most all of them.
+    pub fn new(n: u32) -> Self {
+        BasisPoints(n.min(BUCKETS))
+    }
+
     /// The number of buckets on the service side: buckets `[0, n)`.
     pub fn buckets(self) -> u32 {
         self.0
@@ -158,8 +163,14 @@ pub struct Decision {
     pub reason: Reason,
 }
 
-/// The one function that picks a side: breaker, then segment, then dial.
+/// Picks a side at the configured dial (see [`decide_at`]).
 pub fn decide(policy: &RoutePolicy, caller: &Caller<'_>, health: ServiceHealth) -> Decision {
+    decide_at(policy, policy.percent, caller, health)
+}
+
+/// The one function that picks a side: breaker, then segment, then the dial `percent` (the
+/// configured one, or the effective one while a ramp moves it).
+pub fn decide_at(policy: &RoutePolicy, percent: BasisPoints, caller: &Caller<'_>, health: ServiceHealth) -> Decision {
     let decision = |target, reason| Decision { target, reason };
     if health == ServiceHealth::BreakerOpen {
         return decision(Target::Monolith, Reason::BreakerOpen);
@@ -167,10 +178,10 @@ pub fn decide(policy: &RoutePolicy, caller: &Caller<'_>, health: ServiceHealth) 
     if let Some(segment) = policy.segments.iter().find(|s| s.matches(caller)) {
         return decision(Target::Service, Reason::Segment(segment.name.clone()));
     }
-    if policy.percent == BasisPoints::ZERO {
+    if percent == BasisPoints::ZERO {
         return decision(Target::Monolith, Reason::DialAtZero);
     }
-    if policy.percent == BasisPoints::ALL {
+    if percent == BasisPoints::ALL {
         return decision(Target::Service, Reason::DialAtFull);
     }
     let key = policy.sticky.as_ref().and_then(|sticky| sticky.key(caller));
@@ -178,7 +189,7 @@ pub fn decide(policy: &RoutePolicy, caller: &Caller<'_>, health: ServiceHealth) 
         None => decision(policy.anonymous, Reason::NoStickyKey),
         Some(key) => {
             let bucket = bucket(&policy.route, &key);
-            let target = if bucket < policy.percent.buckets() { Target::Service } else { Target::Monolith };
+            let target = if bucket < percent.buckets() { Target::Service } else { Target::Monolith };
             decision(target, Reason::Bucket { bucket })
         }
     }

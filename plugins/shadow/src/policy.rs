@@ -196,6 +196,8 @@ mod tests {
             prefix: "/api/users",
             claim_headers: &claim_headers,
             checks_tokens: true,
+            rollout_percent: 100.0,
+            sticky: true,
             name_span: 0..0,
         };
         let mut errors = ConfigErrors::default();

@@ -14,6 +14,8 @@ fn info() -> RouteInfo<'static> {
         prefix: "/api/users",
         claim_headers: &CLAIM_HEADERS,
         checks_tokens: true,
+        rollout_percent: 100.0,
+        sticky: true,
         name_span: 0..0,
     }
 }

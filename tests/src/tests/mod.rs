@@ -17,6 +17,7 @@ mod lifecycle;
 mod limits;
 mod migration;
 mod pool;
+mod ramp;
 mod ratelimit;
 mod reload;
 mod rollout;

@@ -297,6 +297,8 @@ impl Checker<'_> {
                 prefix: route.prefix.get_ref(),
                 claim_headers,
                 checks_tokens,
+                rollout_percent: route.rollout_percent.as_ref().map_or(100.0, |p| *p.get_ref()),
+                sticky: route.sticky.is_some() || checks_tokens,
                 name_span: span(&route.name),
             };
             let mut errors = ConfigErrors::default();
@@ -403,6 +405,7 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>, regist
             policy: Some(r.policy),
             fallback: r.fallback,
             aggregate: None,
+            ramp: None,
         })
         .collect();
     for (aggregate, mode) in checked.aggregates {
@@ -416,6 +419,7 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>, regist
             policy: None,
             fallback: Fallback { enabled: false, body_limit: 0 },
             aggregate: Some(Arc::new(aggregate)),
+            ramp: None,
         });
     }
     let default_id = RouteId(routes.len());
@@ -429,6 +433,7 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>, regist
         policy: None,
         fallback: Fallback { enabled: false, body_limit: 0 },
         aggregate: None,
+        ramp: None,
     });
     let router = Router::new(
         routes.iter().filter_map(|r| r.prefix.as_ref().map(|p| (p.to_ascii_lowercase(), r.id))),
@@ -461,6 +466,12 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>, regist
         plugins.push(Arc::new(AuthPlugin::new(authenticator.clone(), modes)));
     }
     let policies = registry.build(checked.policy_tables, previous.map_or(&[], |p| &p.policies[..]));
+    // A ramped route reads its effective dial from its ramp where it picks a side.
+    if let Some(ramps) = policies.iter().find_map(|built| built.concrete::<gateway_plugin_ramp::RampPlugin>()) {
+        for route in &mut routes {
+            route.ramp = ramps.route(route.id).cloned();
+        }
+    }
     plugins.extend(policies.iter().map(|built| built.plugin.clone()));
     plugins.push(Arc::new(RequestMetrics::new(&labels)));
     Snapshot {

@@ -19,6 +19,8 @@ fn config(text: &str) -> RouteShadow {
         prefix: "/api/users",
         claim_headers: &[],
         checks_tokens: true,
+        rollout_percent: 100.0,
+        sticky: true,
         name_span: 0..0,
     };
     let mut errors = ConfigErrors::default();
