@@ -195,6 +195,29 @@ def to_ms(value, unit):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def serve_json(port, body, http11=False):
+    """A threaded JSON server on loopback in the background: `body()` makes each answer's
+    bytes (it may count, change or wait)."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1" if http11 else "HTTP/1.0"
+
+        def do_GET(self):  # noqa: N802 (the http.server API)
+            payload = body()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+
 def serve_rotating_jwks():
     """A JWKS server on loopback: the fixture's rsa-1 key and 48 copies of its material
     under other kids, plus one decoy whose kid alternates, so every fetch is a changed
@@ -202,23 +225,13 @@ def serve_rotating_jwks():
     rsa = next(k for k in json.loads((FIXTURE_KEYS / "jwks.json").read_text())["keys"] if k["kid"] == "rsa-1")
     fetches = [0]
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (the http.server API)
-            fetches[0] += 1
-            keys = [dict(rsa, kid=f"key-{i}") for i in range(2, JWKS_KEYS)]
-            keys.append(dict(rsa, kid=f"decoy-{fetches[0] % 2}"))
-            body = json.dumps({"keys": [rsa, *keys]}).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def key_set():
+        fetches[0] += 1
+        keys = [dict(rsa, kid=f"key-{i}") for i in range(2, JWKS_KEYS)]
+        keys.append(dict(rsa, kid=f"decoy-{fetches[0] % 2}"))
+        return json.dumps({"keys": [rsa, *keys]}).encode()
 
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", JWKS_PORT), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_json(JWKS_PORT, key_set)
     return fetches
 
 
@@ -226,24 +239,11 @@ def serve_slow_service():
     """A service on loopback that answers the bench's body after SLOW_SERVICE_SECONDS:
     what a shadow copy meets when the new service is slow."""
 
-    class Handler(http.server.BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+    def slow():
+        time.sleep(SLOW_SERVICE_SECONDS)
+        return b'{"id":42,"name":"ada"}'
 
-        def do_GET(self):  # noqa: N802 (the http.server API)
-            time.sleep(SLOW_SERVICE_SECONDS)
-            body = b'{"id":42,"name":"ada"}'
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", SLOW_SERVICE_PORT), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    serve_json(SLOW_SERVICE_PORT, slow, http11=True)
 
 
 def run_wrk(port, duration, connections, headers=(), path=PATH):

@@ -27,6 +27,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use gateway_plugin_api::config::{ConfigErrors, PerRoute, RouteInfo, RoutePolicy, RouteSections};
 use gateway_plugin_api::{Phases, Plugin, RouteId};
+use gateway_plugin_rollout::BasisPoints;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -80,12 +81,9 @@ pub struct RouteRampConfig {
     pub plan: RampPlan,
 }
 
+/// A percentage as basis points, with the dial's own rule (0 to 100 in steps of 0.01).
 fn basis_points(percent: f64) -> Option<u32> {
-    if !(0.0..=100.0).contains(&percent) {
-        return None;
-    }
-    let scaled = percent * 100.0;
-    ((scaled - scaled.round()).abs() < 1e-6).then_some(scaled.round() as u32)
+    BasisPoints::from_percent(percent).map(BasisPoints::buckets)
 }
 
 impl RoutePolicy for RampPolicy {
