@@ -302,3 +302,16 @@ impl std::fmt::Debug for Snapshot {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use gateway_plugin_rollout::BasisPoints;
+
+    #[test]
+    fn the_ramp_reads_percentages_by_the_dials_rule() {
+        for percent in [0.0, 0.01, 5.0, 12.34, 33.333, 99.99, 100.0, 100.5, -1.0, f64::NAN] {
+            let dial = BasisPoints::from_percent(percent).map(BasisPoints::buckets);
+            assert_eq!(gateway_plugin_ramp::basis_points(percent), dial, "{percent}");
+        }
+    }
+}

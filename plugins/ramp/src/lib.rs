@@ -27,7 +27,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use gateway_plugin_api::config::{ConfigErrors, PerRoute, RouteInfo, RoutePolicy, RouteSections};
 use gateway_plugin_api::{Phases, Plugin, RouteId};
-use gateway_plugin_rollout::BasisPoints;
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -81,9 +80,16 @@ pub struct RouteRampConfig {
     pub plan: RampPlan,
 }
 
-/// A percentage as basis points, with the dial's own rule (0 to 100 in steps of 0.01).
-fn basis_points(percent: f64) -> Option<u32> {
-    BasisPoints::from_percent(percent).map(BasisPoints::buckets)
+/// A percentage as basis points, by the dial's rule (0 to 100 in steps of 0.01, as
+/// `gateway_plugin_rollout::BasisPoints::from_percent`; a policy crate depends only on the
+/// plugin API, and the gateway's tests check that both agree).
+pub fn basis_points(percent: f64) -> Option<u32> {
+    if !(0.0..=100.0).contains(&percent) {
+        return None;
+    }
+    let scaled = percent * 100.0;
+    let rounded = scaled.round();
+    ((scaled - rounded).abs() < 1e-6).then_some(rounded as u32)
 }
 
 impl RoutePolicy for RampPolicy {
