@@ -70,6 +70,19 @@ fn shadow_cell(shadow: &Value) -> String {
     }
 }
 
+/// A route's ramp column: its state and where it goes, `-` without a ramp.
+fn ramp_cell(ramp: &Value) -> String {
+    if ramp.is_null() {
+        return "-".to_owned();
+    }
+    let state = ramp["state"].as_str().unwrap_or("-");
+    let to = ramp["to_percent"].as_f64().unwrap_or(0.0);
+    match ramp["last_event"]["event"].as_str() {
+        Some(event) => format!("{state} (to {to:.2}%, last: {event})"),
+        None => format!("{state} (to {to:.2}%)"),
+    }
+}
+
 /// The report as a table.
 pub fn render(report: &Value) -> String {
     let pct = |v: &Value| v.as_f64().map_or_else(|| "-".to_owned(), |p| format!("{p:.1}%"));
@@ -96,6 +109,7 @@ pub fn render(report: &Value) -> String {
             "P99 svc/mono",
             "FALLBACKS",
             "SHADOW MATCH",
+            "RAMP",
         ]
         .map(str::to_owned),
     ];
@@ -132,6 +146,7 @@ pub fn render(report: &Value) -> String {
             format!("{} / {}", ms(&service["p99_ms"]), ms(&monolith["p99_ms"])),
             fallbacks,
             shadow_cell(&route["shadow"]),
+            ramp_cell(&route["ramp"]),
         ]);
     }
     let widths: Vec<usize> =

@@ -76,6 +76,10 @@ async fn a_healthy_service_climbs_to_the_end_and_users_only_move_to_it() {
     let last = &report["ramp"]["last_event"];
     assert_eq!(last["event"], "complete");
     assert!(last["message"].as_str().unwrap().starts_with("completed 35% -> 50%: service errors 0.0%"), "{last}");
+    let table = gateway::cli::report::render(&get(&gateway.admin_url("/admin/migration")).await.json());
+    assert!(table.contains("RAMP") && table.contains("complete (to 50.00%, last: complete)"), "{table}");
+    let page = String::from_utf8_lossy(&get(&gateway.admin_url("/admin/")).await.body).into_owned();
+    assert!(page.contains("r.ramp.state") && page.contains("\"state\":\"complete\""), "the page shows the ramp");
     let on_service = round(&gateway, 40).await.iter().filter(|side| *side == "users").count();
     assert!((10..=30).contains(&on_service), "about half of 40 users at 50%: {on_service}");
 
