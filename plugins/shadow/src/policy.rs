@@ -181,13 +181,15 @@ fn method(written: &str) -> Result<Method, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use gateway_plugin_api::RouteId;
     use gateway_plugin_api::config::Section;
     use toml::de::DeValue;
 
-    fn compile_text(text: &str) -> Result<RouteShadow, Vec<String>> {
+    /// Compiles one `shadow` value on a route `users` with claim header `x-user-id`; the
+    /// problems come with the text each span covers.
+    pub(crate) fn compile_text(text: &str) -> Result<RouteShadow, Vec<String>> {
         let value = DeValue::parse(text).expect("test values are TOML");
         let claim_headers = [HeaderName::from_static("x-user-id")];
         let info = RouteInfo {

@@ -3,29 +3,15 @@ use std::pin::pin;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
 
-use gateway_plugin_api::config::{ConfigErrors, RouteInfo, RoutePolicy, RouteSections, Section};
+use gateway_plugin_api::config::RoutePolicy;
 use gateway_plugin_api::side::SideFuture;
 use http::StatusCode;
-use toml::de::DeValue;
 
 use super::*;
-use crate::policy::{ROUTE_KEY, ShadowPolicy};
+use crate::policy::ShadowPolicy;
 
 fn config(text: &str) -> RouteShadow {
-    let value = DeValue::parse(text).expect("test values are TOML");
-    let info = RouteInfo {
-        id: RouteId(0),
-        name: "users",
-        prefix: "/api/users",
-        claim_headers: &[],
-        checks_tokens: true,
-        rollout_percent: 100.0,
-        sticky: true,
-        name_span: 0..0,
-    };
-    let mut errors = ConfigErrors::default();
-    let sections = RouteSections::new().with(ROUTE_KEY, Section::new(value));
-    ShadowPolicy.compile_route(&info, sections, &mut errors).expect("valid")
+    crate::policy::tests::compile_text(text).expect("valid")
 }
 
 fn plugin(text: &str, previous: Option<&ShadowPlugin>) -> ShadowPlugin {
