@@ -54,6 +54,10 @@ enum Command {
         /// The client's address.
         #[arg(long)]
         ip: Option<std::net::IpAddr>,
+        /// A running gateway's admin listener (http://HOST:PORT): use its effective dial
+        /// (a ramp's position) and breaker states instead of the file's.
+        #[arg(long)]
+        admin: Option<String>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -106,8 +110,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Check { file, against } => return check(&file, against.as_deref()),
-        Command::Explain { config, method, path, claims, headers, ip, json } => {
-            return explain(&config, method, path, claims, headers, ip, json);
+        Command::Explain { config, method, path, claims, headers, ip, admin, json } => {
+            let described = Described { method, path, claims, headers, ip, admin };
+            return explain(&config, described, json);
         }
         Command::Run { config } => load_or_exit(&config).and_then(|s| serve(s, false)),
         Command::Demo { config } => load_or_exit(&config).and_then(|s| serve(s, true)),
@@ -193,15 +198,18 @@ fn pairs(values: Vec<String>, what: &str) -> Result<Vec<(String, String)>, Strin
         .collect()
 }
 
-fn explain(
-    config: &Path,
+/// The request `gateway explain` is asked about, as given on the command line.
+struct Described {
     method: String,
     path: String,
     claims: Vec<String>,
     headers: Vec<String>,
     ip: Option<std::net::IpAddr>,
-    json: bool,
-) -> ExitCode {
+    admin: Option<String>,
+}
+
+fn explain(config: &Path, described: Described, json: bool) -> ExitCode {
+    let Described { method, path, claims, headers, ip, admin } = described;
     let snapshot = match config::load(config, 1) {
         Ok(snapshot) => snapshot,
         Err(e) => {
@@ -216,7 +224,14 @@ fn explain(
             return ExitCode::FAILURE;
         }
     };
-    let request = gateway::cli::explain::ExplainRequest { method, path, claims, headers, ip };
+    let live = match admin.as_deref().map(live_gateway).transpose() {
+        Ok(live) => live,
+        Err(e) => {
+            eprintln!("gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let request = gateway::cli::explain::ExplainRequest { method, path, claims, headers, ip, live };
     match gateway::cli::explain::explain(&snapshot, &request) {
         Ok(explanation) if json => {
             println!("{}", serde_json::to_string_pretty(&explanation).expect("an explanation serialises"));
@@ -231,6 +246,13 @@ fn explain(
             ExitCode::FAILURE
         }
     }
+}
+
+/// A running gateway's dials and breakers, from its `/admin/migration`.
+fn live_gateway(admin: &str) -> anyhow::Result<gateway::cli::explain::LiveGateway> {
+    let report = gateway::cli::report::fetch(admin)?;
+    gateway::cli::explain::LiveGateway::from_migration(admin, &report)
+        .map_err(|e| anyhow::anyhow!("cannot read {admin}/admin/migration: {e}"))
 }
 
 fn load_or_exit(path: &Path) -> anyhow::Result<Snapshot> {

@@ -163,9 +163,16 @@ impl Route {
     /// Picks the side for `caller`. The data plane and `gateway explain` both call this,
     /// and it calls the one rollout function, [`gateway_plugin_rollout::decide`].
     pub fn decide(&self, caller: &Caller<'_>, health: ServiceHealth) -> RouteDecision<'_> {
+        let dial = self.policy.as_ref().map_or(BasisPoints::ZERO, |policy| self.dial(policy));
+        self.decide_at(caller, dial, health)
+    }
+
+    /// Picks the side for `caller` at `dial` rather than the one this snapshot holds:
+    /// `gateway explain --admin` passes the effective dial of a running gateway.
+    pub fn decide_at(&self, caller: &Caller<'_>, dial: BasisPoints, health: ServiceHealth) -> RouteDecision<'_> {
         match (&self.policy, &self.service) {
             (Some(policy), Some(service)) => {
-                let decision = gateway_plugin_rollout::decide_at(policy, self.dial(policy), caller, health);
+                let decision = gateway_plugin_rollout::decide_at(policy, dial, caller, health);
                 let upstream = if decision.target == Target::Service { service } else { &self.monolith };
                 RouteDecision { target: decision.target, reason: Some(decision.reason), upstream }
             }

@@ -5,10 +5,15 @@
 //! sticky key changes every user's bucket: that reshuffles users, and is a warning. A
 //! change to the path the service receives (`service_prefix`) is named too: it is found
 //! by running both configs' `upstream_exchange` plugins on the route's prefix.
+//!
+//! A route with a guarded ramp gets its plan: each step's dial and the buckets it moves
+//! (monolith -> service, never back while it climbs), and whether a running ramp keeps its
+//! position across the edit.
 
 use std::collections::BTreeMap;
 
 use gateway_plugin_api::Target;
+use gateway_plugin_ramp::{RampPlan, pct};
 use gateway_plugin_rollout::{BasisPoints, RoutePolicy};
 
 use crate::proxy::upstream_target;
@@ -25,6 +30,7 @@ pub fn preview(old: &Snapshot, new: &Snapshot) -> Vec<String> {
             Some((old_route, old_policy)) => {
                 let service_path = service_path_change(old, old_route, new, route);
                 lines.push(compare(&route.name, old_route, old_policy, route, new_policy, service_path));
+                lines.extend(ramp_change(route, Some(old_route)));
             }
             None => {
                 let renamed_from = old_routes
@@ -52,6 +58,7 @@ pub fn preview(old: &Snapshot, new: &Snapshot) -> Vec<String> {
                         lines.push(format!("{}: new route {prefix}, {} on the service", route.name, new_policy.percent))
                     }
                 }
+                lines.extend(ramp_change(route, None));
             }
         }
     }
@@ -146,6 +153,84 @@ fn compare(
     }
 }
 
+/// Most steps a ramp preview lists one by one; a longer ramp shows its first and last.
+const LISTED_STEPS: usize = 20;
+
+/// What the edit does to `route`'s ramp (`old` is the same route in the current file).
+fn ramp_change(route: &Route, old: Option<&Route>) -> Vec<String> {
+    let name = &route.name;
+    let old_plan = old.and_then(|r| r.ramp.as_ref()).map(|ramp| ramp.plan());
+    let Some(plan) = route.ramp.as_ref().map(|ramp| ramp.plan()) else {
+        return match old_plan {
+            Some(before) => vec![format!(
+                "warning: {name}: ramp removed: the dial is rollout_percent ({}) again; users a running ramp \
+                 had moved past it go back to the monolith",
+                pct(route.policy.as_ref().map_or(before.start, |p| p.percent.buckets())),
+            )],
+            None => Vec::new(),
+        };
+    };
+    let mut lines = Vec::new();
+    match &old_plan {
+        Some(before) if before.keeps_position_under(&plan) => {
+            lines.push(format!("{name}: ramp unchanged: a running ramp keeps its position (and a halt)"));
+            return lines;
+        }
+        Some(_) => lines.push(format!(
+            "{name}: ramp changed: a running ramp starts over at {} (its position and any halt are dropped)",
+            pct(plan.start)
+        )),
+        None => {}
+    }
+    let steps = plan.steps();
+    lines.push(format!(
+        "{name}: ramp {} -> {} in {} step{} of {} on wall-clock multiples of {} s; each step needs {} service \
+         requests no worse than the monolith (errors at most +{} points, p99 at most {}x), else {}",
+        pct(plan.start),
+        pct(plan.to),
+        steps.len(),
+        if steps.len() == 1 { "" } else { "s" },
+        pct(plan.step),
+        plan.every_seconds,
+        plan.min_requests,
+        plan.max_error_rate_increase,
+        plan.max_p99_ratio,
+        plan.on_fail.as_str(),
+    ));
+    lines.extend(ramp_steps(&plan, &steps));
+    let has_segments = route.policy.as_ref().is_some_and(|p| !p.segments.is_empty());
+    if plan.start == 0 && !has_segments {
+        lines.push(format!(
+            "warning: {name}: the ramp starts at 0% and the route has no segments: the service gets no requests, \
+             so the first step waits for its {} forever (start at a small rollout_percent or add a segment)",
+            plan.min_requests
+        ));
+    }
+    lines
+}
+
+/// "  step 3 (10% -> 15%): buckets [1000, 1500) move monolith -> service", one per step.
+fn ramp_steps(plan: &RampPlan, steps: &[u32]) -> Vec<String> {
+    let line = |index: usize| {
+        let from = if index == 0 { plan.start } else { steps[index - 1] };
+        format!(
+            "  step {} ({} -> {}): buckets [{from}, {}) move monolith -> service",
+            index + 1,
+            pct(from),
+            pct(steps[index]),
+            steps[index]
+        )
+    };
+    if steps.len() <= LISTED_STEPS {
+        return (0..steps.len()).map(line).collect();
+    }
+    let shown = LISTED_STEPS / 2;
+    let mut lines: Vec<String> = (0..shown).map(line).collect();
+    lines.push(format!("  ... {} more steps of {} ...", steps.len() - shown - 2, pct(plan.step)));
+    lines.extend((steps.len() - 2..steps.len()).map(line));
+    lines
+}
+
 /// A dial strictly between 0% and 100%, where buckets decide.
 fn is_partial(percent: BasisPoints) -> bool {
     percent != BasisPoints::ZERO && percent != BasisPoints::ALL
@@ -235,6 +320,57 @@ mod tests {
         );
         let without_beta = config(&route("users", "10", ""));
         assert!(preview(&one, &without_beta)[0].contains("segment beta removed: its members follow the dial"));
+    }
+
+    #[test]
+    fn a_ramp_lists_its_steps_and_the_buckets_each_moves() {
+        let plain = config(&route("users", "5", ""));
+        let ramp = "ramp = { to = 20.0, step = 5.0, every_seconds = 600, min_requests = 500 }";
+        let ramped = config(&route("users", "5", ramp));
+        assert_eq!(
+            preview(&plain, &ramped)[1..],
+            [
+                "users: ramp 5% -> 20% in 3 steps of 5% on wall-clock multiples of 600 s; each step needs 500 service \
+                 requests no worse than the monolith (errors at most +1 points, p99 at most 1.5x), else rollback",
+                "  step 1 (5% -> 10%): buckets [500, 1000) move monolith -> service",
+                "  step 2 (10% -> 15%): buckets [1000, 1500) move monolith -> service",
+                "  step 3 (15% -> 20%): buckets [1500, 2000) move monolith -> service",
+            ]
+        );
+        assert_eq!(
+            preview(&ramped, &ramped)[1],
+            "users: ramp unchanged: a running ramp keeps its position (and a halt)"
+        );
+        let faster = config(&route("users", "5", &ramp.replace("600", "60")));
+        assert!(preview(&ramped, &faster)[1].starts_with("users: ramp changed: a running ramp starts over at 5%"));
+        let restarted = config(&route("users", "10", ramp));
+        assert!(preview(&ramped, &restarted)[1].contains("starts over at 10%"), "a dial change restarts it");
+        assert_eq!(
+            preview(&ramped, &plain)[1],
+            "warning: users: ramp removed: the dial is rollout_percent (5%) again; users a running ramp had moved \
+             past it go back to the monolith"
+        );
+    }
+
+    #[test]
+    fn a_long_ramp_is_shortened_and_a_ramp_from_zero_without_segments_warns() {
+        let from_zero = config(&route(
+            "users",
+            "0",
+            "ramp = { to = 100.0, step = 1.0, every_seconds = 60, min_requests = 10, on_fail = \"hold\" }",
+        ));
+        let lines = preview(&config(""), &from_zero);
+        assert_eq!(lines.len(), 1 + 1 + 10 + 1 + 2 + 1, "{lines:#?}");
+        assert!(lines[1].contains("0% -> 100% in 100 steps of 1%") && lines[1].ends_with("else hold"));
+        assert_eq!(lines[12], "  ... 88 more steps of 1% ...");
+        assert_eq!(lines[14], "  step 100 (99% -> 100%): buckets [9900, 10000) move monolith -> service");
+        assert!(lines[15].starts_with("warning: users: the ramp starts at 0% and the route has no segments"));
+        let with_segment = config(&route(
+            "users",
+            "0",
+            "segments = [\"beta\"]\nramp = { to = 100.0, step = 50.0, every_seconds = 60, min_requests = 10 }",
+        ));
+        assert!(!preview(&config(""), &with_segment).iter().any(|l| l.starts_with("warning")), "beta testers feed it");
     }
 
     #[test]

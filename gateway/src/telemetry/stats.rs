@@ -38,7 +38,7 @@ pub(crate) struct Side {
 }
 
 impl Side {
-    fn record(&mut self, error: bool, latency: Duration) {
+    pub(crate) fn record(&mut self, error: bool, latency: Duration) {
         self.requests += 1;
         self.errors += u64::from(error);
         let ms = latency.as_secs_f64() * 1000.0;

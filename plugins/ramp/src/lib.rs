@@ -215,7 +215,7 @@ impl RoutePolicy for RampPolicy {
         let now = unix_now();
         let routes = routes.map(|_, config| match kept.get(config.route.as_str()) {
             // Same route, same dial, same ramp: it keeps its position (and a halt).
-            Some(before) if before.lock().plan() == &config.plan => Arc::clone(before),
+            Some(before) if before.lock().plan().keeps_position_under(&config.plan) => Arc::clone(before),
             _ => Arc::new(RouteRamp::new(config.route, Ramp::new(config.plan, now))),
         });
         Some(RampPlugin { routes })
@@ -246,6 +246,11 @@ impl RouteRamp {
 
     fn lock(&self) -> MutexGuard<'_, Ramp> {
         self.ramp.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Its plan, as configured.
+    pub fn plan(&self) -> RampPlan {
+        self.lock().plan().clone()
     }
 
     /// The dial in force, basis points.

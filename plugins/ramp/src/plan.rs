@@ -55,6 +55,12 @@ impl RampPlan {
         self.start.saturating_add(self.step.saturating_mul(steps)).min(self.to)
     }
 
+    /// Whether a running ramp keeps its position (and a halt) when a reload brings `next`:
+    /// only when nothing about it changed, the route's dial (`start`) included.
+    pub fn keeps_position_under(&self, next: &RampPlan) -> bool {
+        self == next
+    }
+
     /// Every dial the ramp passes through after its start, in order, ending at `to`.
     pub fn steps(&self) -> Vec<u32> {
         let mut dials = Vec::new();

@@ -80,8 +80,10 @@ async fn a_healthy_service_climbs_to_the_end_and_users_only_move_to_it() {
     assert!(table.contains("RAMP") && table.contains("complete (to 50.00%, last: complete)"), "{table}");
     let page = String::from_utf8_lossy(&get(&gateway.admin_url("/admin/")).await.body).into_owned();
     assert!(page.contains("r.ramp.state") && page.contains("\"state\":\"complete\""), "the page shows the ramp");
-    let on_service = round(&gateway, 40).await.iter().filter(|side| *side == "users").count();
+    let sides = round(&gateway, 40).await;
+    let on_service = sides.iter().filter(|side| *side == "users").count();
     assert!((10..=30).contains(&on_service), "about half of 40 users at 50%: {on_service}");
+    explain_uses_the_live_dial(&gateway, &sides).await;
 
     let metrics = metrics(&gateway).await;
     assert!(metrics.contains("gateway_rollout_effective_percent{route=\"ramp-route\"} 50"), "{metrics}");
@@ -97,6 +99,44 @@ async fn a_healthy_service_climbs_to_the_end_and_users_only_move_to_it() {
     assert_eq!(ramp_changes[1]["changes"][0]["from"], "10%");
     assert_eq!(ramp_changes[1]["changes"][0]["to"], "35%");
     assert!(ramp_changes[1]["changes"][0]["detail"].as_str().unwrap().starts_with("advanced 10% -> 35%"));
+}
+
+/// `gateway explain --admin`: the file alone says the ramp's start (10%); with the running
+/// gateway's admin it says the effective dial (50%) and names the side each user reached.
+async fn explain_uses_the_live_dial(gateway: &TestGateway, sides: &[String]) {
+    use gateway::cli::explain::{ExplainRequest, LiveGateway, explain};
+    let admin = format!("http://{}", gateway.admin);
+    let fetched = admin.clone();
+    let report = tokio::task::spawn_blocking(move || gateway::cli::report::fetch(&fetched))
+        .await
+        .expect("fetch ran")
+        .expect("the admin answers");
+    let live = LiveGateway::from_migration(&admin, &report).expect("a migration report");
+    let fresh = gateway::config::load(&gateway.config_path, 1).expect("valid");
+    let mut moved_by_the_ramp = 0;
+    for (user, side) in sides.iter().enumerate() {
+        let request = |live: Option<LiveGateway>| ExplainRequest {
+            method: "GET".to_owned(),
+            path: "/api/users/1".to_owned(),
+            headers: vec![("x-user".to_owned(), format!("user-{user}"))],
+            live,
+            ..ExplainRequest::default()
+        };
+        let offline = explain(&fresh, &request(None)).expect("explainable");
+        let online = explain(&fresh, &request(Some(live.clone()))).expect("explainable");
+        assert_eq!(offline.percent.as_deref(), Some("10.00%"));
+        assert_eq!(online.percent.as_deref(), Some("50.00%"));
+        let reached = if side == "users" { "service" } else { "monolith" };
+        assert_eq!(online.side, reached, "user-{user}: {online:?}");
+        moved_by_the_ramp += usize::from(offline.side == "monolith" && online.side == "service");
+        assert!(!(offline.side == "service" && online.side == "monolith"), "user-{user}");
+        let printed = online.to_string();
+        assert!(
+            printed.contains(&format!("live:   {admin}: effective dial 50.00% (ramp complete; the file says 10.00%)")),
+            "{printed}"
+        );
+    }
+    assert!(moved_by_the_ramp > 0, "some of 40 users are on the service only because of the ramp");
 }
 
 #[tokio::test]

@@ -75,6 +75,7 @@ fn explained_side(w: &World, path: &str, headers: &[(&str, String)], claims: &[(
         headers: headers.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
         claims: claims.iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect(),
         ip: Some("127.0.0.1".parse().expect("ip")),
+        live: None,
     };
     let explanation = explain(&snapshot, &request).expect("explainable");
     explanation.side.to_owned()
