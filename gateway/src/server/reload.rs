@@ -56,8 +56,15 @@ pub(crate) async fn reload(gateway: &Gateway, trigger: Trigger) {
         Ok(Ok(None)) => {
             // Back to what is serving (for example a broken edit reverted): nothing to swap,
             // and the last error no longer describes the file.
+            // Logged and counted, so an operator sees that the signal (or file event) arrived.
             state.clear_error();
-            tracing::debug!(trigger = trigger.as_str(), "config file unchanged");
+            metrics::counter!(names::CONFIG_RELOADS_TOTAL, "result" => "unchanged").increment(1);
+            tracing::info!(
+                trigger = trigger.as_str(),
+                version = current.meta.version,
+                checksum = %current.meta.checksum,
+                "config file unchanged; the running config stays"
+            );
         }
         Ok(Err(error)) => refuse(state, trigger, error.to_string()),
         Err(join) => refuse(state, trigger, format!("the reload task failed: {join}")),
