@@ -114,8 +114,8 @@ fn main() -> ExitCode {
             let described = Described { method, path, claims, headers, ip, admin };
             return explain(&config, described, json);
         }
-        Command::Run { config } => load_or_exit(&config).and_then(|s| serve(s, false)),
-        Command::Demo { config } => load_or_exit(&config).and_then(|s| serve(s, true)),
+        Command::Run { config } => run(&config, false),
+        Command::Demo { config } => run(&config, true),
         Command::Report { admin, json } => gateway::cli::report::fetch(&admin)
             .map(|report| {
                 if json {
@@ -263,7 +263,30 @@ fn explain_config_error(e: ConfigError) -> anyhow::Error {
     anyhow::anyhow!("invalid config, nothing started:\n{e}")
 }
 
-fn serve(snapshot: Snapshot, demo: bool) -> anyhow::Result<()> {
+/// `gateway run` and `gateway demo`: take inherited sockets (an upgrade's, systemd's)
+/// first, while this is the only thread, then load the config and serve.
+fn run(config: &Path, demo: bool) -> anyhow::Result<()> {
+    use gateway::server::listeners::InheritedListeners;
+    let relaunch = gateway::server::upgrade::Relaunch::of_this_process().context("cannot find this binary")?;
+    let mut inherited = InheritedListeners::from_env().unwrap_or_else(|e| {
+        eprintln!("gateway: {e}; binding the listeners instead");
+        InheritedListeners::none()
+    });
+    match load_or_exit(config) {
+        Ok(snapshot) => serve(snapshot, demo, inherited, relaunch),
+        Err(e) => {
+            inherited.report_failure(&format!("{e:#}"));
+            Err(e)
+        }
+    }
+}
+
+fn serve(
+    snapshot: Snapshot,
+    demo: bool,
+    mut inherited: gateway::server::listeners::InheritedListeners,
+    relaunch: gateway::server::upgrade::Relaunch,
+) -> anyhow::Result<()> {
     // One worker: a current-thread runtime. The client-connection task and the pooled
     // upstream-connection task hand requests to each other twice per request, and on one
     // thread that hand-off needs no cross-thread wake-ups (about 10% less CPU per request
@@ -285,7 +308,24 @@ fn serve(snapshot: Snapshot, demo: bool) -> anyhow::Result<()> {
                 println!("demo upstream {name:<10} http://{addr}");
             }
         }
-        let running = gateway::server::start(snapshot).await?;
+        let running = match gateway::server::start_with(snapshot, &mut inherited).await {
+            Ok(running) => running,
+            Err(e) => {
+                inherited.report_failure(&e.to_string());
+                return Err(e.into());
+            }
+        };
+        if let Some(from) = inherited.upgrading_from()
+            && !running.wait_ready(gateway::server::upgrade::READY_TIMEOUT).await
+        {
+            // The old process keeps serving; this one gives back what it accepted.
+            let reason = format!("not ready within {}s", gateway::server::upgrade::READY_TIMEOUT.as_secs());
+            tracing::error!(from, "upgrade: {reason}; stopping, the old process keeps serving");
+            inherited.report_failure(&reason);
+            running.shutdown();
+            running.wait().await;
+            anyhow::bail!("upgrade: {reason}");
+        }
         let (listen, tls_listen) =
             (running.listen_addr.map(|a| a.to_string()), running.tls_addr.map(|a| a.to_string()));
         tracing::info!(
@@ -293,8 +333,12 @@ fn serve(snapshot: Snapshot, demo: bool) -> anyhow::Result<()> {
             tls_listen = tls_listen.as_deref(),
             admin = %running.admin_addr,
             version = running.gateway.snapshot().meta.version,
+            pid = std::process::id(),
+            upgraded_from = inherited.upgrading_from(),
             "gateway started"
         );
+        gateway::server::upgrade::announce_ready(&running, &mut inherited);
+        drop(inherited);
         if demo {
             let snapshot = running.gateway.snapshot();
             if let Some(listen) = running.listen_addr {
@@ -317,28 +361,59 @@ fn serve(snapshot: Snapshot, demo: bool) -> anyhow::Result<()> {
             }
             println!("\nCtrl-C stops the demo.");
         }
-        wait_for_stop_signal(&running).await?;
-        tracing::info!("stop signal received");
+        match wait_for_stop_signal(&running, &relaunch).await? {
+            Stop::Signal => {
+                tracing::info!("stop signal received");
+                gateway::server::upgrade::announce_stopping();
+            }
+            Stop::Upgraded { pid } => {
+                tracing::info!(new_pid = pid, "upgrade: the new process serves; draining this one")
+            }
+        }
+        let pid_file = running.gateway.snapshot().server.pid_file.clone();
         running.shutdown();
         running.wait().await;
+        if let Some(path) = pid_file {
+            gateway::server::upgrade::remove_pid_file(&path);
+        }
         tracing::info!("gateway stopped");
         Ok(())
     })
 }
 
-/// Waits for SIGTERM (orchestrators) or SIGINT (Ctrl-C); SIGHUP meanwhile re-reads the config.
-async fn wait_for_stop_signal(running: &gateway::server::RunningGateway) -> anyhow::Result<()> {
+/// Why the gateway stops.
+enum Stop {
+    /// SIGTERM or SIGINT.
+    Signal,
+    /// A binary upgrade's new process (this pid) serves now.
+    Upgraded { pid: u32 },
+}
+
+/// Waits for SIGTERM (orchestrators) or SIGINT (Ctrl-C); meanwhile SIGHUP re-reads the
+/// config and SIGUSR2 upgrades to the binary on disk.
+async fn wait_for_stop_signal(
+    running: &gateway::server::RunningGateway,
+    relaunch: &gateway::server::upgrade::Relaunch,
+) -> anyhow::Result<Stop> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut usr2 = signal(SignalKind::user_defined2()).context("cannot watch SIGUSR2")?;
     loop {
         tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
+            _ = term.recv() => return Ok(Stop::Signal),
+            _ = int.recv() => return Ok(Stop::Signal),
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: re-reading the config");
                 running.trigger_reload();
+            }
+            _ = usr2.recv() => {
+                tracing::info!("SIGUSR2: upgrading to the binary on disk");
+                match relaunch.upgrade(running).await {
+                    Ok(pid) => return Ok(Stop::Upgraded { pid }),
+                    Err(e) => tracing::error!(error = %e, "upgrade failed; this process keeps serving"),
+                }
             }
         }
     }

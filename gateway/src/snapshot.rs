@@ -62,6 +62,9 @@ pub struct ServerSettings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// HTTPS listener, when `tls_listen` is set.
     pub tls_listen: Option<SocketAddr>,
+    /// Where the serving process writes its pid, relative paths resolved against the
+    /// config file's directory.
+    pub pid_file: Option<PathBuf>,
 }
 
 /// `server.underscore_headers`: what happens to request headers whose names contain `_`,

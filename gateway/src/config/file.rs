@@ -134,6 +134,8 @@ pub struct FileServer {
     pub trusted_proxies: Option<Vec<Spanned<String>>>,
     /// HTTPS listener (ALPN h2 and http/1.1), with `[server.tls]`.
     pub tls_listen: Option<Spanned<String>>,
+    /// File the serving process's pid is written to (it follows a binary upgrade).
+    pub pid_file: Option<Spanned<String>>,
     /// The certificates of `tls_listen`.
     pub tls: Option<Spanned<FileTls>>,
 }

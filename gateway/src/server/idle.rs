@@ -10,6 +10,8 @@
 
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -19,12 +21,29 @@ use tokio::time::{Instant, Sleep};
 /// Checks per idle limit; the connection closes after this many quiet checks in a row.
 const CHECKS_PER_LIMIT: u32 = 4;
 
+/// Completed reads and writes of one connection. The stream is its only writer, so a
+/// bump is a plain load and store; the drain reads it from the connection's task to tell
+/// an idle connection from one still moving a response.
+#[derive(Debug, Default)]
+pub(crate) struct Progress(AtomicU64);
+
+impl Progress {
+    fn bump(&self) {
+        self.0.store(self.0.load(Ordering::Relaxed).wrapping_add(1), Ordering::Relaxed);
+    }
+
+    /// The count so far.
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
 /// A stream with an inactivity limit.
 pub(crate) struct IdleTimeoutStream<S> {
     inner: S,
     check_every: Duration,
     /// Bumped on every completed read or write.
-    progress: u64,
+    progress: Arc<Progress>,
     /// `progress` at the last check.
     progress_at_check: u64,
     quiet_checks: u32,
@@ -33,13 +52,13 @@ pub(crate) struct IdleTimeoutStream<S> {
 
 impl<S> IdleTimeoutStream<S> {
     /// Wraps `inner`; the connection fails with `TimedOut` once nothing has moved for
-    /// between `limit` and 1.25 × `limit`.
-    pub(crate) fn new(inner: S, limit: Duration) -> Self {
+    /// between `limit` and 1.25 × `limit`; it counts its reads and writes in `progress`.
+    pub(crate) fn new(inner: S, limit: Duration, progress: Arc<Progress>) -> Self {
         let check_every = limit / CHECKS_PER_LIMIT;
         IdleTimeoutStream {
             inner,
             check_every,
-            progress: 0,
+            progress,
             progress_at_check: 0,
             quiet_checks: 0,
             timer: Box::pin(tokio::time::sleep_until(Instant::now() + check_every)),
@@ -47,20 +66,21 @@ impl<S> IdleTimeoutStream<S> {
     }
 
     fn progressed(&mut self) {
-        self.progress = self.progress.wrapping_add(1);
+        self.progress.bump();
     }
 
     /// Ready with an error once enough consecutive checks saw no progress.
     fn poll_idle(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         loop {
             ready!(self.timer.as_mut().poll(cx));
-            if self.progress == self.progress_at_check {
+            let progress = self.progress.get();
+            if progress == self.progress_at_check {
                 self.quiet_checks += 1;
                 if self.quiet_checks >= CHECKS_PER_LIMIT {
                     return Poll::Ready(io::Error::new(io::ErrorKind::TimedOut, "client connection idle timeout"));
                 }
             } else {
-                self.progress_at_check = self.progress;
+                self.progress_at_check = progress;
                 self.quiet_checks = 0;
             }
             // From now, not from the missed deadline: after a stall of the runtime, checks
@@ -137,7 +157,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let client = TcpStream::connect(listener.local_addr().expect("address")).await.expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
-        (IdleTimeoutStream::new(server, limit), client)
+        (IdleTimeoutStream::new(server, limit, Arc::default()), client)
     }
 
     #[tokio::test(start_paused = true)]

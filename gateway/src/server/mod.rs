@@ -1,26 +1,30 @@
 //! Listeners and lifecycle: accept, serve HTTP/1.1 and h2c, drain on shutdown.
 //!
-//! [`start`] binds both listeners and returns at once with their addresses (port 0 works,
-//! which is how the tests run many gateways side by side). [`RunningGateway::shutdown`]
-//! stops accepting; in-flight requests get `server.shutdown_grace_ms` to finish.
+//! [`start`] binds the listeners (or takes inherited ones, [`listeners`]) and returns at
+//! once with their addresses (port 0 works, which is how the tests run many gateways side
+//! by side). [`RunningGateway::shutdown`] stops accepting and drains: in-flight requests
+//! get `server.shutdown_grace_ms` to finish, and no connection is cut between requests
+//! (see [`serve_connection`]).
 
 mod admin;
 mod idle;
+pub mod listeners;
 mod ramp;
 mod reload;
 pub(crate) mod state;
+pub mod upgrade;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http_body_util::Either;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
@@ -29,7 +33,8 @@ use tokio::task::JoinHandle;
 use crate::config::watch::Trigger;
 use crate::proxy::{self, Peer};
 use crate::snapshot::{ServerSettings, Snapshot};
-use idle::IdleTimeoutStream;
+use idle::{IdleTimeoutStream, Progress};
+use listeners::{InheritedListeners, Role};
 pub use state::Gateway;
 use state::stopped;
 
@@ -39,6 +44,12 @@ const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(50);
 const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
 /// How often histogram samples are folded in, so memory stays flat between scrapes.
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// While draining, an HTTP/1 connection is closed once nothing has moved on it and no
+/// request has been in flight for this long (at most a quarter of the grace period): a
+/// client that keeps sending gets `Connection: close` on its next response instead.
+const DRAIN_QUIET: Duration = Duration::from_secs(1);
+/// How often a draining connection looks at its activity.
+const DRAIN_CHECK: Duration = Duration::from_millis(100);
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +79,9 @@ pub struct RunningGateway {
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
     reload_triggers: mpsc::Sender<Trigger>,
+    /// Duplicates of the listening sockets, for a binary upgrade; dropped at shutdown so
+    /// that a gateway that stops for good stops accepting.
+    handover: Mutex<Vec<(Role, OwnedFd)>>,
     /// Watches the config directory while the gateway runs.
     _watcher: Option<notify::RecommendedWatcher>,
 }
@@ -81,7 +95,28 @@ impl RunningGateway {
 
     /// Stops accepting connections and starts draining in-flight requests.
     pub fn shutdown(&self) {
+        self.handover.lock().unwrap_or_else(PoisonError::into_inner).clear();
+        self.gateway.start_draining();
         self.shutdown.send_replace(true);
+    }
+
+    /// New duplicates of the listening sockets, by role, for a binary upgrade; empty
+    /// once shutdown has begun.
+    pub fn handover_sockets(&self) -> std::io::Result<Vec<(Role, OwnedFd)>> {
+        let sockets = self.handover.lock().unwrap_or_else(PoisonError::into_inner);
+        sockets.iter().map(|(role, fd)| Ok((*role, fd.try_clone()?))).collect()
+    }
+
+    /// Waits up to `limit` for the gateway to be ready (`/ready` answers 200).
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        while !self.gateway.is_ready() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// Waits until both listeners have stopped and in-flight requests have finished (or
@@ -97,10 +132,36 @@ impl RunningGateway {
 
 /// Binds the listeners and starts serving `snapshot`.
 pub async fn start(snapshot: Snapshot) -> Result<RunningGateway, StartError> {
+    start_with(snapshot, &mut InheritedListeners::none()).await
+}
+
+/// Starts serving `snapshot` on the listeners `inherited` holds for its addresses (a
+/// binary upgrade's or systemd's), binding the others.
+pub async fn start_with(snapshot: Snapshot, inherited: &mut InheritedListeners) -> Result<RunningGateway, StartError> {
     let settings = snapshot.server.clone();
-    let (listener, listen_addr) = bind_optional(settings.listen, "server.listen").await?;
-    let (admin_listener, admin_addr) = bind(settings.admin_listen, "server.admin_listen").await?;
-    let (tls_listener, tls_addr) = bind_optional(settings.tls_listen, "server.tls_listen").await?;
+    let listener = match settings.listen {
+        Some(addr) => Some(listen(addr, Role::Listen, inherited).await?),
+        None => None,
+    };
+    let admin_listener = listen(settings.admin_listen, Role::AdminListen, inherited).await?;
+    let tls_listener = match settings.tls_listen {
+        Some(addr) => Some(listen(addr, Role::TlsListen, inherited).await?),
+        None => None,
+    };
+    inherited.close_unclaimed();
+    let address = |l: &TcpListener| l.local_addr().ok();
+    let (listen_addr, tls_addr) = (listener.as_ref().and_then(address), tls_listener.as_ref().and_then(address));
+    let admin_addr = address(&admin_listener).unwrap_or(settings.admin_listen);
+    let mut handover = Vec::new();
+    for (role, socket) in [
+        (Role::Listen, listener.as_ref()),
+        (Role::AdminListen, Some(&admin_listener)),
+        (Role::TlsListen, tls_listener.as_ref()),
+    ] {
+        if let Some(fd) = socket.and_then(|l| l.as_fd().try_clone_to_owned().ok()) {
+            handover.push((role, fd));
+        }
+    }
 
     let gateway = Arc::new(Gateway::new(snapshot));
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -129,25 +190,23 @@ pub async fn start(snapshot: Snapshot) -> Result<RunningGateway, StartError> {
         shutdown,
         tasks,
         reload_triggers,
+        handover: Mutex::new(handover),
         _watcher: watcher,
     })
 }
 
-/// Binds one listener and reads back its address (the port the OS chose for `:0`).
-async fn bind(addr: SocketAddr, what: &'static str) -> Result<(TcpListener, SocketAddr), StartError> {
+/// The listener for `role` at `addr`: the inherited one, else a new one bound here.
+async fn listen(addr: SocketAddr, role: Role, inherited: &mut InheritedListeners) -> Result<TcpListener, StartError> {
+    let what = role.key();
     let failed = |source| StartError::Bind { addr, what, source };
-    let listener = TcpListener::bind(addr).await.map_err(failed)?;
-    let bound = listener.local_addr().map_err(failed)?;
-    Ok((listener, bound))
-}
-
-async fn bind_optional(
-    addr: Option<SocketAddr>,
-    what: &'static str,
-) -> Result<(Option<TcpListener>, Option<SocketAddr>), StartError> {
-    match addr {
-        Some(addr) => bind(addr, what).await.map(|(listener, bound)| (Some(listener), Some(bound))),
-        None => Ok((None, None)),
+    match inherited.take(role, addr) {
+        Some(listener) => {
+            listener.set_nonblocking(true).map_err(failed)?;
+            let listener = TcpListener::from_std(listener).map_err(failed)?;
+            tracing::info!(listener = what, addr = %listener.local_addr().map_err(failed)?, from = %inherited.source(), "listening on an inherited socket");
+            Ok(listener)
+        }
+        None => TcpListener::bind(addr).await.map_err(failed),
     }
 }
 
@@ -182,7 +241,7 @@ async fn serve_proxy(
     gateway: Arc<Gateway>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(watch::Sender::new(0usize));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -200,16 +259,18 @@ async fn serve_proxy(
                 // Limits and timeouts come from the config serving now, so a reload applies
                 // them to every connection accepted after it.
                 let settings = gateway.snapshot().server.clone();
-                let stream = IdleTimeoutStream::new(stream, settings.idle_timeout);
+                let progress = Arc::new(Progress::default());
+                let stream = IdleTimeoutStream::new(stream, settings.idle_timeout, progress.clone());
+                let open = OpenConnection::new(&connections, shutdown.clone(), progress);
                 match &tls {
-                    None => serve_connection(stream, Peer::new(peer.ip()), &settings, &gateway, graceful.watcher()),
+                    None => serve_connection(stream, Peer::new(peer.ip()), &settings, &gateway, open),
                     Some(acceptor) => {
                         let accept = acceptor.accept(stream);
-                        let (gateway, watcher) = (gateway.clone(), graceful.watcher());
+                        let gateway = gateway.clone();
                         tokio::spawn(async move {
                             match tokio::time::timeout(settings.header_read_timeout, accept).await {
                                 Ok(Ok(stream)) => {
-                                    serve_connection(stream, Peer::tls(peer.ip()), &settings, &gateway, watcher);
+                                    serve_connection(stream, Peer::tls(peer.ip()), &settings, &gateway, open);
                                 }
                                 Ok(Err(e)) => handshake_failed(crate::tls::handshake_failure_reason(&e)),
                                 Err(_) => handshake_failed("timeout"),
@@ -224,11 +285,15 @@ async fn serve_proxy(
     drop(listener);
     // The grace period of the config serving now: a reload may have changed it.
     let grace = gateway.snapshot().server.shutdown_grace;
-    let in_flight = graceful.count();
+    let in_flight = *connections.borrow();
     tracing::info!(connections = in_flight, grace_ms = grace.as_millis() as u64, "stopped accepting; draining");
     let deadline = tokio::time::Instant::now() + grace;
-    if tokio::time::timeout_at(deadline, graceful.shutdown()).await.is_err() {
-        tracing::warn!("grace period ran out with requests still in flight; closing them");
+    let mut open = connections.subscribe();
+    if tokio::time::timeout_at(deadline, open.wait_for(|n| *n == 0)).await.is_err() {
+        tracing::warn!(
+            connections = *connections.borrow(),
+            "grace period ran out with requests still in flight; closing them"
+        );
     }
     // WebSockets left their HTTP connections when they upgraded: wait for them too.
     let sockets = proxy::upgrade::open_relays();
@@ -237,6 +302,27 @@ async fn serve_proxy(
         if tokio::time::timeout_at(deadline, proxy::upgrade::drained()).await.is_err() {
             tracing::warn!(websockets = proxy::upgrade::open_relays(), "grace period ran out; closing websockets");
         }
+    }
+}
+
+/// One accepted connection as the drain sees it: counted while open, told when the
+/// drain starts, and how busy it is.
+struct OpenConnection {
+    count: Arc<watch::Sender<usize>>,
+    shutdown: watch::Receiver<bool>,
+    progress: Arc<Progress>,
+}
+
+impl OpenConnection {
+    fn new(count: &Arc<watch::Sender<usize>>, shutdown: watch::Receiver<bool>, progress: Arc<Progress>) -> Self {
+        count.send_modify(|n| *n += 1);
+        OpenConnection { count: count.clone(), shutdown, progress }
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.count.send_modify(|n| *n = n.saturating_sub(1));
     }
 }
 
@@ -249,9 +335,36 @@ fn handshake_failed(reason: &'static str) {
 /// One client connection as its requests see it.
 struct ClientConnection {
     peer: Peer,
-    /// Set by the first request head; until then the header-read timer counted from
+    /// Requests started so far; until the first, the header-read timer counted from
     /// accept may close the connection.
-    requested: AtomicBool,
+    requests: AtomicU64,
+    /// Requests whose response head is not yet made.
+    in_flight: AtomicU32,
+    /// The connection speaks HTTP/2 (a drain sends it a GOAWAY at once).
+    http2: AtomicBool,
+    /// The gateway is draining: HTTP/1 responses carry `Connection: close`.
+    draining: Arc<AtomicBool>,
+}
+
+/// Counts a request as in flight until its response head is made (or it is dropped).
+struct InFlightRequest(Arc<ClientConnection>);
+
+impl InFlightRequest {
+    fn start(client: Arc<ClientConnection>, version: http::Version) -> Self {
+        // One writer per field and relaxed order: these only steer the drain.
+        client.requests.store(client.requests.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        client.in_flight.fetch_add(1, Ordering::Relaxed);
+        if version == http::Version::HTTP_2 && !client.http2.load(Ordering::Relaxed) {
+            client.http2.store(true, Ordering::Relaxed);
+        }
+        InFlightRequest(client)
+    }
+}
+
+impl Drop for InFlightRequest {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Serves HTTP/1.1 and HTTP/2 (and WebSocket upgrades) on one accepted connection.
@@ -260,40 +373,89 @@ struct ClientConnection {
 /// being served (for TLS, of the handshake's end, which has its own bound), or it is
 /// closed: a client that connects and sends nothing holds no socket for long. hyper's own
 /// header timer covers each later head of a keep-alive connection.
-fn serve_connection<S>(stream: S, peer: Peer, settings: &ServerSettings, gateway: &Arc<Gateway>, graceful: Watcher)
+///
+/// Draining loses no request. An HTTP/2 connection gets a GOAWAY at once (hyper sends
+/// two: "no new streams soon", then the last stream it took) and closes when its streams
+/// are done. An HTTP/1 connection is never cut between requests: each response made
+/// while draining carries `Connection: close`, so a client that sends again learns it
+/// in the response; a connection with nothing in flight and no bytes moving for
+/// [`DRAIN_QUIET`] is closed, after the client had the chance to finish.
+fn serve_connection<S>(stream: S, peer: Peer, settings: &ServerSettings, gateway: &Arc<Gateway>, open: OpenConnection)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let builder = connection_builder(settings);
     let address = peer.ip;
-    let client = Arc::new(ClientConnection { peer, requested: AtomicBool::new(false) });
+    let client = Arc::new(ClientConnection {
+        peer,
+        requests: AtomicU64::new(0),
+        in_flight: AtomicU32::new(0),
+        http2: AtomicBool::new(false),
+        draining: gateway.draining_flag(),
+    });
     let first_head_deadline = settings.header_read_timeout;
+    let quiet = DRAIN_QUIET.min(settings.shutdown_grace / 4);
     let gateway = gateway.clone();
     let watched = client.clone();
-    let service = service_fn(move |request| {
+    let service = service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
         let snapshot = gateway.snapshot();
-        let client = client.clone();
-        if !client.requested.load(Ordering::Relaxed) {
-            client.requested.store(true, Ordering::Relaxed);
+        let version = request.version();
+        let in_flight = InFlightRequest::start(client.clone(), version);
+        async move {
+            let mut response = proxy::handle(snapshot, request.map(Either::Left), &in_flight.0.peer).await;
+            if version < http::Version::HTTP_2
+                && in_flight.0.draining.load(Ordering::Relaxed)
+                && response.status() != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+            }
+            drop(in_flight);
+            Ok::<_, Infallible>(response)
         }
-        async move { Ok::<_, Infallible>(proxy::handle(snapshot, request.map(Either::Left), &client.peer).await) }
     });
-    let connection = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned());
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
     tokio::spawn(async move {
+        let mut shutdown = open.shutdown.clone();
+        let progress = open.progress.clone();
         tokio::pin!(connection);
-        let result = tokio::select! {
-            result = &mut connection => result,
-            () = tokio::time::sleep(first_head_deadline) => {
-                if !watched.requested.load(Ordering::Relaxed) {
-                    tracing::debug!(peer = %address, "no request head within server.header_read_timeout_ms; closing");
-                    return;
+        let first_head = tokio::time::sleep(first_head_deadline);
+        tokio::pin!(first_head);
+        let mut first_head_checked = false;
+        let mut draining = false;
+        let mut closing = false;
+        let mut check = tokio::time::interval(DRAIN_CHECK);
+        let (mut seen, mut quiet_since) = (progress.get(), tokio::time::Instant::now());
+        let result = loop {
+            tokio::select! {
+                result = &mut connection => break result,
+                () = &mut first_head, if !first_head_checked => {
+                    first_head_checked = true;
+                    if watched.requests.load(Ordering::Relaxed) == 0 {
+                        tracing::debug!(peer = %address, "no request head within server.header_read_timeout_ms; closing");
+                        return;
+                    }
                 }
-                connection.await
+                _ = stopped(&mut shutdown), if !draining => {
+                    draining = true;
+                    quiet_since = tokio::time::Instant::now();
+                }
+                _ = check.tick(), if draining && !closing => {
+                    let now = tokio::time::Instant::now();
+                    let moved = progress.get();
+                    if moved != seen || watched.in_flight.load(Ordering::Relaxed) > 0 {
+                        (seen, quiet_since) = (moved, now);
+                    }
+                    if watched.http2.load(Ordering::Relaxed) || now.duration_since(quiet_since) >= quiet {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
             }
         };
         if let Err(e) = result {
             tracing::debug!(peer = %address, error = %e, "client connection ended with an error");
         }
+        drop(open);
     });
 }
 

@@ -19,6 +19,8 @@ use crate::snapshot::Snapshot;
 pub struct Gateway {
     config: ArcSwap<Snapshot>,
     ready: AtomicBool,
+    /// Set when the drain starts: HTTP/1 responses then carry `Connection: close`.
+    draining: Arc<AtomicBool>,
     pub(crate) metrics: PrometheusHandle,
     reload: ReloadState,
     migration: MigrationStats,
@@ -35,6 +37,7 @@ impl Gateway {
         Gateway {
             config: ArcSwap::from_pointee(snapshot),
             ready: AtomicBool::new(false),
+            draining: Arc::new(AtomicBool::new(false)),
             metrics,
             reload: ReloadState::default(),
             migration,
@@ -74,12 +77,28 @@ impl Gateway {
         self.ready.store(true, Ordering::Release);
     }
 
+    /// The drain has begun: `/ready` answers 503 from now on.
+    pub(crate) fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the drain has begun.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The flag each connection reads.
+    pub(crate) fn draining_flag(&self) -> Arc<AtomicBool> {
+        self.draining.clone()
+    }
+
     /// True once the config is loaded, both listeners are bound, every upstream found
     /// through DNS has had its first lookup (answered or not) and every `jwks_url` has
     /// given keys.
     pub fn is_ready(&self) -> bool {
         let config = self.config.load();
         self.ready.load(Ordering::Acquire)
+            && !self.is_draining()
             && config.upstreams.values().all(|u| u.discovery_status().is_none_or(|d| d.settled()))
             && config.jwks_sources.iter().all(|s| s.keys.current().0.is_some())
     }

@@ -4,12 +4,16 @@ mod client;
 mod dns;
 mod gateway;
 pub mod idp;
+mod load;
+mod process;
 pub mod tokens;
 mod upstream;
 
 pub use client::{Reply, get, get_with, raw_exchange, send, send_h2};
 pub use dns::TestDns;
 pub use gateway::{TestGateway, base_config};
+pub use load::{Load, LoadReport, Protocol};
+pub use process::{GatewayProcess, gateway_binary};
 pub use upstream::{MockUpstream, Recorded, RunningMock};
 
 use std::time::Duration;
@@ -55,4 +59,16 @@ pub async fn eventually(mut condition: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     condition()
+}
+
+/// Like [`eventually`], for a condition that has to await (an admin request).
+pub async fn eventually_async<F: std::future::Future<Output = bool>>(mut condition: impl FnMut() -> F) -> bool {
+    let deadline = tokio::time::Instant::now() + IO_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if condition().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    condition().await
 }

@@ -101,3 +101,14 @@ fn the_systemd_unit_reloads_with_sighup_and_drains_on_stop() {
     assert!(unit.contains("KillSignal=SIGTERM"));
     assert!(unit.contains("TimeoutStopSec=40"));
 }
+
+#[test]
+fn the_systemd_units_activate_the_sockets_and_follow_an_upgrade() {
+    let unit = deploy("systemd/gateway.service");
+    assert!(unit.contains("Requires=gateway.socket"));
+    // The upgraded process announces itself with MAINPID=, which needs these two.
+    assert!(unit.contains("Type=notify") && unit.contains("NotifyAccess=all"));
+    let socket = deploy("systemd/gateway.socket");
+    // The proxy for other hosts, the admin listener on loopback only.
+    assert!(socket.contains("ListenStream=0.0.0.0:8080") && socket.contains("ListenStream=127.0.0.1:9901"));
+}

@@ -16,6 +16,7 @@ mod layout;
 mod lifecycle;
 mod limits;
 mod migration;
+mod operations;
 mod pool;
 mod ramp;
 mod ratelimit;

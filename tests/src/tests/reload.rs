@@ -1,8 +1,6 @@
 //! Hot reload end to end: good edits apply within a second, broken ones change nothing,
 //! and no request fails while the file churns.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -228,34 +226,10 @@ async fn no_request_fails_while_the_file_is_rewritten_fifty_times() {
     let w = world("0").await;
     let good = |dial: u32| config(&w.monolith, &w.service, &dial.to_string(), "");
     let broken = good(0).replace("[[routes]]", "[[routes");
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let successes = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for client in 0..4 {
-        let (stop, failures, successes) = (stop.clone(), failures.clone(), successes.clone());
-        let url = w.gateway.url("/api/users/1");
-        clients.push(tokio::spawn(async move {
-            let http = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-                .build_http::<http_body_util::Full<bytes::Bytes>>();
-            let deadline = Instant::now() + Duration::from_secs(8);
-            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let request = http::Request::get(&url)
-                    .header("x-user", format!("client-{client}"))
-                    .body(http_body_util::Full::default())
-                    .expect("a valid request");
-                match tokio::time::timeout(IO_TIMEOUT, http.request(request)).await {
-                    Ok(Ok(response)) if response.status() == 200 => {
-                        let _ = http_body_util::BodyExt::collect(response.into_body()).await;
-                        successes.fetch_add(1, Ordering::Relaxed);
-                    }
-                    _ => {
-                        failures.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }));
-    }
+    // Keep-alive clients of both protocols, counting every refused connect, reset, read
+    // error and non-2xx.
+    let http1 = Load::start(w.gateway.addr, "/api/users/1", 3, Protocol::Http1);
+    let http2 = Load::start(w.gateway.addr, "/api/users/1", 1, Protocol::Http2);
     let started = Instant::now();
     // Alternate good versions (each a different dial) and broken ones, at uneven intervals
     // so the debounce window does not always land on the same version.
@@ -264,13 +238,12 @@ async fn no_request_fails_while_the_file_is_rewritten_fifty_times() {
         std::fs::write(&w.gateway.config_path, text).expect("rewrite");
         tokio::time::sleep(Duration::from_millis(u64::from(60 + (i * 37) % 90))).await;
     }
-    stop.store(true, Ordering::Relaxed);
-    for client in clients {
-        client.await.expect("client task");
-    }
+    let (http1, http2) = (http1.stop().await, http2.stop().await);
     assert!(started.elapsed() >= Duration::from_secs(5));
-    assert_eq!(failures.load(Ordering::Relaxed), 0, "not one request failed");
-    assert!(successes.load(Ordering::Relaxed) > 100, "the clients kept sending");
+    assert_eq!((http1.failed(), http2.failed()), (0, 0), "not one request failed: {http1:?} {http2:?}");
+    assert!(http1.ok > 100 && http2.ok > 30, "the clients kept sending: {http1:?} {http2:?}");
+    assert!(reloads_counted(&w.gateway, "ok").await >= 3, "good edits applied during the churn");
+    assert!(reloads_counted(&w.gateway, "error").await >= 3, "broken edits refused during the churn");
     // The churn ends on a good file, which must be what serves.
     std::fs::write(&w.gateway.config_path, good(100)).expect("rewrite");
     let deadline = Instant::now() + IO_TIMEOUT;
@@ -279,4 +252,17 @@ async fn no_request_fails_while_the_file_is_rewritten_fifty_times() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(w.gateway.config_version().await >= 2);
+}
+
+#[tokio::test]
+async fn sighup_on_an_unchanged_file_is_counted() {
+    let w = world("0").await;
+    assert_eq!(reloads_counted(&w.gateway, "unchanged").await, 0);
+    w.gateway.running.as_ref().expect("running").trigger_reload();
+    assert!(
+        eventually_async(|| async { reloads_counted(&w.gateway, "unchanged").await == 1 }).await,
+        "the signal arrived and found nothing to apply"
+    );
+    assert_eq!(w.gateway.config_version().await, 1, "nothing was applied");
+    assert_eq!(reloads_counted(&w.gateway, "ok").await, 0);
 }

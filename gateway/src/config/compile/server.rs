@@ -139,6 +139,14 @@ impl Checker<'_> {
             let at = server.tls_listen.as_ref().map_or_else(|| anchor.clone(), span);
             self.error(at, "server.tls_listen cannot change while the gateway runs; restart to apply it");
         }
+        let pid_file = match &server.pid_file {
+            Some(path) if path.get_ref().trim().is_empty() => {
+                self.error(span(path), "give a file path, e.g. \"/run/gateway/gateway.pid\"");
+                None
+            }
+            Some(path) => Some(Some(self.config_dir.join(path.get_ref()))),
+            None => Some(None),
+        };
         let mut trusted_proxies = Vec::new();
         for entry in server.trusted_proxies.iter().flatten() {
             let text = entry.get_ref();
@@ -166,6 +174,7 @@ impl Checker<'_> {
                 Some((addr, _)) => Some(addr?),
                 None => None,
             },
+            pid_file: pid_file?,
         })
     }
 

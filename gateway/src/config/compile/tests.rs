@@ -765,3 +765,18 @@ fn https_upstream_settings_name_line_column_and_key() {
         compile(Path::new("routes.toml"), &https(&format!("ca_file = \"{FIXTURE_TLS}/ca.pem\"")), 1).expect("valid");
     assert!(snapshot.upstreams["users"].settings.tls.is_some());
 }
+
+#[test]
+fn the_pid_file_is_relative_to_the_config_file_and_not_empty() {
+    let with = |extra: &str| {
+        BASE.replace("default_upstream = \"monolith\"", &format!("default_upstream = \"monolith\"\n{extra}"))
+    };
+    let snapshot =
+        compile(Path::new("/etc/gateway/routes.toml"), &with("pid_file = \"run/gateway.pid\""), 1).expect("valid");
+    assert_eq!(snapshot.server.pid_file.as_deref(), Some(Path::new("/etc/gateway/run/gateway.pid")));
+    let absolute =
+        compile(Path::new("/etc/gateway/routes.toml"), &with("pid_file = \"/run/gateway.pid\""), 1).expect("valid");
+    assert_eq!(absolute.server.pid_file.as_deref(), Some(Path::new("/run/gateway.pid")));
+    assert_eq!(compile(Path::new("routes.toml"), BASE, 1).expect("valid").server.pid_file, None);
+    assert_each_error(&[(with("pid_file = \" \""), "server.pid_file: give a file path")]);
+}
