@@ -15,7 +15,9 @@ use gateway_plugin_breaker::CircuitState;
 use serde::Serialize;
 
 use crate::snapshot::Snapshot;
-use crate::telemetry::stats::{BUCKETS, DialChange, RouteStats, SHORT_BUCKETS, Side, Stage, current_slot};
+use crate::telemetry::stats::{
+    BUCKET, BUCKETS, Bucket, DialChange, RouteStats, SHORT_BUCKETS, Side, Stage, current_slot,
+};
 
 /// A route at 100% is "complete" once its monolith side has served nothing for this long.
 const COMPLETE_AFTER: Duration = Duration::from_secs(15 * 60);
@@ -80,6 +82,7 @@ impl MigrationStats {
                 }
                 (service, monolith, fallbacks)
             };
+            let chart = chart(&data.ring, slot);
             let (service_1m, monolith_1m, _) = window(SHORT_BUCKETS);
             let (service_15m, monolith_15m, _) = window(BUCKETS);
             all_requests += data.total_service.requests + data.total_monolith.requests;
@@ -144,6 +147,7 @@ impl MigrationStats {
                 last_dial_change: data.last_dial_change.clone(),
                 shadow: snapshot.shadow().and_then(|shadow| shadow.summary(route.id)),
                 ramp: route.ramp.as_ref().map(|ramp| ramp.status()),
+                chart,
             });
         }
         MigrationReport {
@@ -217,6 +221,8 @@ pub struct RouteReport {
     pub shadow: Option<gateway_plugin_shadow::ShadowSummary>,
     /// The guarded ramp, when the route has `ramp`: state, next step, last event.
     pub ramp: Option<gateway_plugin_ramp::RampStatus>,
+    /// The last 15 minutes, slot by slot.
+    pub chart: ChartReport,
 }
 
 /// Observed service share over three windows (percent; absent without traffic).
@@ -228,6 +234,64 @@ pub struct ShareReport {
     pub last_15m: Option<f64>,
     /// Since the gateway started.
     pub since_start: Option<f64>,
+}
+
+/// A route's last 15 minutes, one point per 15-second slot, oldest first: what the
+/// page draws.
+#[derive(Clone, Debug, Serialize)]
+pub struct ChartReport {
+    /// Width of one slot.
+    pub slot_seconds: u64,
+    /// One point per slot of the window; slots without traffic have no rates.
+    pub points: Vec<ChartPoint>,
+}
+
+/// One 15-second slot.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ChartPoint {
+    /// Requests on both sides.
+    pub requests: u64,
+    /// The service's share of them, percent.
+    pub service_share_percent: Option<f64>,
+    /// The dial in force at the slot's last request (a ramp's effective dial).
+    pub dial_percent: Option<f64>,
+    /// 5xx share of the service's requests, percent.
+    pub service_error_rate_percent: Option<f64>,
+    /// 5xx share of the monolith's requests, percent.
+    pub monolith_error_rate_percent: Option<f64>,
+    /// The service's p99 (upper bound of its histogram bucket), ms.
+    pub service_p99_ms: Option<f64>,
+    /// The monolith's p99, ms.
+    pub monolith_p99_ms: Option<f64>,
+}
+
+/// The window's points for a route's ring, ending with the slot `now_slot`.
+fn chart(ring: &[Bucket], now_slot: u64) -> ChartReport {
+    let rate = |side: &Side| (side.requests > 0).then(|| side.errors as f64 * 100.0 / side.requests as f64);
+    // Always the whole window: slots before the gateway started are empty.
+    let points = (0..BUCKETS as u64)
+        .map(|back| now_slot.checked_sub(BUCKETS as u64 - 1 - back))
+        .map(|slot| {
+            match slot
+                .and_then(|slot| ring.iter().find(|b| b.slot == slot && (b.service.requests + b.monolith.requests) > 0))
+            {
+                Some(b) => {
+                    let requests = b.service.requests + b.monolith.requests;
+                    ChartPoint {
+                        requests,
+                        service_share_percent: Some(b.service.requests as f64 * 100.0 / requests as f64),
+                        dial_percent: b.dial_percent,
+                        service_error_rate_percent: rate(&b.service),
+                        monolith_error_rate_percent: rate(&b.monolith),
+                        service_p99_ms: b.service.quantile_ms(0.99),
+                        monolith_p99_ms: b.monolith.quantile_ms(0.99),
+                    }
+                }
+                None => ChartPoint::default(),
+            }
+        })
+        .collect();
+    ChartReport { slot_seconds: BUCKET.as_secs(), points }
 }
 
 /// One side of a route.

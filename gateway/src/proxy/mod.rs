@@ -414,7 +414,8 @@ impl InFlight {
         if let Some(table) = self.snapshot.route_stats.get() {
             let route = self.ctx.route.map_or(table.len().saturating_sub(1), |id| id.0);
             if let Some(stats) = table.get(route) {
-                stats.record(self.ctx.target, status.is_server_error(), outcome.duration, self.ctx.fallback);
+                let dial = self.ctx.route.and_then(|id| self.snapshot.route(id).effective_percent());
+                stats.record(self.ctx.target, status.is_server_error(), outcome.duration, self.ctx.fallback, dial);
             }
         }
         if self.snapshot.server.access_log {

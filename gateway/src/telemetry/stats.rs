@@ -101,6 +101,8 @@ pub(crate) struct Bucket {
     pub(crate) service: Side,
     pub(crate) monolith: Side,
     pub(crate) fallbacks: [u64; REASONS],
+    /// The dial in force (percent) at the slot's last request, for the page's charts.
+    pub(crate) dial_percent: Option<f64>,
 }
 
 /// Where a route is in its migration.
@@ -180,8 +182,16 @@ impl RouteStats {
     }
 
     /// Records one finished request: its side, whether it was an error (5xx), its time
-    /// to the response head, and the fallback reason if the monolith stood in.
-    pub fn record(&self, target: Option<Target>, error: bool, latency: Duration, fallback: Option<FallbackReason>) {
+    /// to the response head, the fallback reason if the monolith stood in, and the dial
+    /// in force (percent; a ramp's effective dial).
+    pub fn record(
+        &self,
+        target: Option<Target>,
+        error: bool,
+        latency: Duration,
+        fallback: Option<FallbackReason>,
+        dial_percent: Option<f64>,
+    ) {
         let now = crate::clock::now();
         let slot = current_slot(now);
         let fallback_index = fallback.map(FallbackReason::index);
@@ -194,6 +204,9 @@ impl RouteStats {
             data.ring[index] = Bucket { slot, ..Bucket::default() };
         }
         let bucket = &mut data.ring[index];
+        if dial_percent.is_some() {
+            bucket.dial_percent = dial_percent;
+        }
         match target {
             Some(Target::Service) => bucket.service.record(error, latency),
             Some(Target::Monolith) => bucket.monolith.record(error, latency),
@@ -249,8 +262,8 @@ mod tests {
     #[test]
     fn fallbacks_are_counted_by_reason() {
         let stats = RouteStats::default();
-        stats.record(Some(Target::Monolith), false, Duration::from_millis(1), Some(FallbackReason::Timeout));
-        stats.record(Some(Target::Service), true, Duration::from_millis(1), None);
+        stats.record(Some(Target::Monolith), false, Duration::from_millis(1), Some(FallbackReason::Timeout), None);
+        stats.record(Some(Target::Service), true, Duration::from_millis(1), None, Some(25.0));
         let data = stats.lock();
         assert_eq!(data.total_fallbacks[FallbackReason::Timeout.index()], 1);
         assert_eq!(data.total_fallbacks.iter().sum::<u64>(), 1);

@@ -43,4 +43,6 @@ pub use policy::{
     DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_IN_FLIGHT, FileShadow, MAX_BODY_BYTES_LIMIT, MAX_IN_FLIGHT_LIMIT, ROUTE_KEY,
     RouteShadow, ShadowPolicy,
 };
-pub use report::{Latency, MAX_SAMPLES, REDACTED, Sample, ShadowReport, TOP_POINTERS};
+pub use report::{
+    Latency, MAX_SAMPLES, MatchPoint, MatchWindow, REDACTED, Sample, ShadowReport, TOP_POINTERS, WINDOW_SLOT_SECONDS,
+};

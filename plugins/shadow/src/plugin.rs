@@ -22,7 +22,7 @@ use serde::Serialize;
 use crate::compare::{Answer, Body, compare};
 use crate::noise::Noise;
 use crate::policy::RouteShadow;
-use crate::report::{Sample, ShadowReport};
+use crate::report::{MatchPoint, MatchWindow, Sample, ShadowReport};
 
 /// Counter: copies by `route` and `result` (`match`, `mismatch`, `error`, `dropped`).
 pub const SHADOW_REQUESTS_TOTAL: &str = "gateway_shadow_requests_total";
@@ -52,6 +52,7 @@ struct Shared {
 struct Results {
     report: ShadowReport,
     noise: Noise,
+    window: MatchWindow,
 }
 
 #[derive(Debug)]
@@ -204,6 +205,7 @@ impl ShadowPlugin {
                 .into_iter()
                 .map(|(pointer, count)| PointerCount { pointer: pointer.to_owned(), count })
                 .collect(),
+            chart: results.window.points(unix_now()),
         })
     }
 
@@ -255,6 +257,8 @@ pub struct ShadowSummary {
     pub noise_samples: u64,
     /// Fields learned as noise, with how many pairs differed there.
     pub noise_fields: Vec<PointerCount>,
+    /// The match rate of the last 15 minutes, one point per 15-second slot, oldest first.
+    pub chart: Vec<MatchPoint>,
 }
 
 /// A JSON pointer with a count.
@@ -440,6 +444,7 @@ impl Copy {
             (primary.latency, service_latency),
             &secrets,
         );
+        results.window.record(unix_now(), comparison.matched());
         drop(results);
         if comparison.matched() {
             shared.counters.matched.increment(1);
@@ -447,6 +452,10 @@ impl Copy {
             shared.counters.mismatched.increment(1);
         }
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// A side's answer for the comparison; `None` when it got none.

@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
+use serde::Serialize;
+
 use crate::compare::{Comparison, Difference};
 
 /// Mismatch samples kept per route.
@@ -171,6 +173,59 @@ impl ShadowReport {
     }
 }
 
+/// Width of one slot of the match-rate window.
+pub const WINDOW_SLOT_SECONDS: u64 = 15;
+/// Slots kept: 15 minutes.
+const WINDOW_SLOTS: u64 = 60;
+
+/// Comparisons per 15-second slot of wall-clock time over the last 15 minutes: what the
+/// page's match-rate chart draws.
+#[derive(Debug, Default)]
+pub struct MatchWindow {
+    /// (slot, compared, matched), oldest first, only slots that saw a comparison.
+    slots: VecDeque<(u64, u64, u64)>,
+}
+
+/// One slot of the window.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct MatchPoint {
+    /// Answers compared in the slot.
+    pub compared: u64,
+    /// matched ÷ compared, percent; absent for a slot without comparisons.
+    pub match_rate_percent: Option<f64>,
+}
+
+impl MatchWindow {
+    /// Counts one comparison made at `now_unix` (seconds).
+    pub fn record(&mut self, now_unix: u64, matched: bool) {
+        let slot = now_unix / WINDOW_SLOT_SECONDS;
+        match self.slots.back_mut() {
+            Some(last) if last.0 == slot => {
+                last.1 += 1;
+                last.2 += u64::from(matched);
+            }
+            _ => self.slots.push_back((slot, 1, u64::from(matched))),
+        }
+        while self.slots.front().is_some_and(|first| first.0 + WINDOW_SLOTS <= slot) {
+            self.slots.pop_front();
+        }
+    }
+
+    /// The window ending at `now_unix`, one point per slot, oldest first.
+    pub fn points(&self, now_unix: u64) -> Vec<MatchPoint> {
+        let now = now_unix / WINDOW_SLOT_SECONDS;
+        (0..WINDOW_SLOTS)
+            .map(|back| now.checked_sub(WINDOW_SLOTS - 1 - back))
+            .map(|slot| match slot.and_then(|slot| self.slots.iter().find(|s| s.0 == slot)) {
+                Some(&(_, compared, matched)) => {
+                    MatchPoint { compared, match_rate_percent: Some(matched as f64 * 100.0 / compared as f64) }
+                }
+                None => MatchPoint::default(),
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -239,5 +294,31 @@ mod tests {
         report.record(&comparison(wide(0), wide(1), (200, 200)), "GET", "/", (MS, MS), &[]);
         assert_eq!(report.top_pointers().len(), TOP_POINTERS);
         assert_eq!(report.uncounted, 500);
+    }
+}
+
+#[cfg(test)]
+mod window_tests {
+    use super::*;
+
+    #[test]
+    fn the_window_keeps_fifteen_minutes_slot_by_slot() {
+        let mut window = MatchWindow::default();
+        let start = 1_000_000 * WINDOW_SLOT_SECONDS;
+        window.record(start, true);
+        window.record(start + 3, false);
+        window.record(start + WINDOW_SLOT_SECONDS, true);
+        let points = window.points(start + WINDOW_SLOT_SECONDS);
+        assert_eq!(points.len(), 60);
+        assert_eq!(points[58], MatchPoint { compared: 2, match_rate_percent: Some(50.0) });
+        assert_eq!(points[59], MatchPoint { compared: 1, match_rate_percent: Some(100.0) });
+        assert_eq!(points[0], MatchPoint::default());
+        // Fifteen minutes later the first slot has left the window.
+        let later = start + 60 * WINDOW_SLOT_SECONDS;
+        window.record(later, false);
+        let points = window.points(later);
+        assert!(points.iter().all(|p| p.compared <= 1), "{points:?}");
+        assert_eq!(points[59].match_rate_percent, Some(0.0));
+        assert_eq!(points[0].match_rate_percent, Some(100.0), "the slot after the first is the oldest left");
     }
 }

@@ -186,7 +186,18 @@ async fn the_admin_page_renders_every_route_in_headless_chromium() {
     assert!(dom.contains(r#"<b class="dial-value">50.00%</b>"#), "the dial is shown");
     assert!(dom.contains("of all traffic served by extracted services"), "the summary is shown");
     assert!(dom.contains(r#"<span class="worse">100.0%</span>"#), "the service's 100% errors stand out: {dom}");
-    let shot = run(&[format!("--screenshot={}", screenshot.display()), "--window-size=1280,420".to_owned()])
+    // Each route has its 15-minute charts, with the traffic just sent drawn in them.
+    for chart in ["share", "errors", "p99"] {
+        assert_eq!(dom.matches(&format!(r#"data-chart="{chart}""#)).count(), 2, "a {chart} chart per route");
+    }
+    let users_charts = dom.split(r#"<tr class="charts" data-route="users">"#).nth(1).expect("the users charts");
+    let users_charts = users_charts.split("</tr>").next().unwrap_or_default();
+    let drawn = |class: &str| {
+        users_charts.contains(&format!(r#"class="dot {class}""#))
+            || users_charts.contains(&format!(r#"class="line {class}""#))
+    };
+    assert!(drawn("service") && drawn("monolith") && drawn("dial"), "data points in the charts: {users_charts}");
+    let shot = run(&[format!("--screenshot={}", screenshot.display()), "--window-size=1280,640".to_owned()])
         .await
         .expect("join")
         .expect("chromium runs");
