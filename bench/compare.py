@@ -41,6 +41,9 @@ measures, interleaved round by round so drift hits every target alike:
            the CPU includes the copies' own exchanges. Against a service that answers in
            300 ms (a local Python server), copies pile up to `max_in_flight` and the rest
            are dropped: the client's p99 must not move
+  gateway, tracing 0% / 1% / 100%  the plain row with `[telemetry]` exporting spans over
+           OTLP/HTTP to the upstream nginx at those sample rates (no caller traceparent):
+           the cost of tracing, export included, against the plain row (printed per round)
 
 Every proxy does the same per-request work: keep-alive to the upstream, X-Forwarded-For,
 X-Forwarded-Proto and a request id. The proxy under test is pinned to CPU 0; wrk and the
@@ -85,10 +88,13 @@ TLS_KEY = ROOT / "tests" / "fixtures" / "tls" / "api.key"
 PORTS = {"nginx": 18081, "haproxy": 18082, "gateway": 18083, "gateway-jwt": 18084, "gateway-baseline": 18085,
          "gateway-h2": 18086, "nginx-3": 18089, "gateway-3": 18090, "nginx-log": 18075, "gateway-log": 18074,
          "gateway-hc": 18068, "gateway-jwks": 18066, "gateway-mono": 18063, "gateway-shadow": 18062,
-         "gateway-shadow-slow": 18061}
+         "gateway-shadow-slow": 18061, "gateway-trace0": 18055, "gateway-trace1": 18054, "gateway-trace100": 18053}
 GATEWAY_ADMIN_PORTS = {"gateway": 18093, "gateway-jwt": 18094, "gateway-baseline": 18095, "gateway-h2": 18096,
                        "gateway-3": 18097, "gateway-log": 18098, "gateway-hc": 18067, "gateway-jwks": 18065,
-                       "gateway-mono": 18060, "gateway-shadow": 18059, "gateway-shadow-slow": 18058}
+                       "gateway-mono": 18060, "gateway-shadow": 18059, "gateway-shadow-slow": 18058,
+                       "gateway-trace0": 18052, "gateway-trace1": 18051, "gateway-trace100": 18050}
+# Tracing rows: spans exported over OTLP/HTTP to the upstream nginx (it answers 200 to the POST).
+TRACE_ROWS = {"gateway-trace0": 0, "gateway-trace1": 1, "gateway-trace100": 100}
 # A service that answers after SLOW_SERVICE_SECONDS, for the slow-shadow row.
 SLOW_SERVICE_PORT = 18057
 SLOW_SERVICE_SECONDS = 0.3
@@ -419,7 +425,8 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
                     ("gateway-h2", "", gateway_bin), ("gateway-3", "", gateway_bin),
                     ("gateway-log", "", gateway_bin), ("gateway-hc", "", gateway_bin),
                     ("gateway-mono", "", gateway_bin), ("gateway-shadow", "", gateway_bin),
-                    ("gateway-shadow-slow", "", gateway_bin)]
+                    ("gateway-shadow-slow", "", gateway_bin),
+                    *((name, "", gateway_bin) for name in TRACE_ROWS)]
         serve_slow_service()
         if args.baseline:
             gateways.append(("gateway-baseline", "", args.baseline.resolve()))
@@ -445,6 +452,9 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
             if name == "gateway-shadow-slow":
                 text = text.replace(f'[upstreams.users]\nurl = "http://127.0.0.1:{UPSTREAM_PORT}"',
                                     f'[upstreams.users]\nurl = "http://127.0.0.1:{SLOW_SERVICE_PORT}"\ntimeout_ms = 1000')
+            if name in TRACE_ROWS:
+                text += (f'\n[telemetry]\notlp_endpoint = "http://127.0.0.1:{UPSTREAM_PORT}"\n'
+                         f'trace_sample_percent = {TRACE_ROWS[name]}\n')
             log = subprocess.DEVNULL
             if name == "gateway-log":
                 text = text.replace("access_log = false", "access_log = true")
@@ -473,6 +483,8 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
         targets.append(("gateway, h2c upstream", PORTS["gateway-h2"], procs["gateway-h2"].pid, ()))
         targets.append(("nginx, 3 endpoints (least_conn)", PORTS["nginx-3"], procs["nginx"].pid, ()))
         targets.append(("gateway, 3 endpoints (least_request)", PORTS["gateway-3"], procs["gateway-3"].pid, ()))
+        for name, percent in TRACE_ROWS.items():
+            targets.append((f"gateway, tracing {percent}%", PORTS[name], procs[name].pid, ()))
         targets.append(("gateway, monolith side (dial 0)", PORTS["gateway-mono"], procs["gateway-mono"].pid, ()))
         targets.append(("gateway, monolith side, shadow 10% to the service", PORTS["gateway-shadow"],
                         procs["gateway-shadow"].pid, ()))
@@ -547,6 +559,12 @@ claims_to_headers = {{ sub = "x-user-id", email = "x-user-email" }}
                   f"{statistics.median(r['p50'] for r in rs):.3f} | {statistics.median(r['p99'] for r in rs):.3f} | "
                   f"{cpu} | {cpu_ratio} | {med / nginx_rps:.2f}x | {rss} |")
         print(f"\n(the {JWKS_KEYS}-key JWKS server answered {jwks_fetches[0]} fetches during the run)")
+        for percent in TRACE_ROWS.values():
+            traced = f"gateway, tracing {percent}%"
+            if traced in results and "gateway" in results:
+                deltas = [a["cpu_us"] - b["cpu_us"] for a, b in zip(results[traced], results["gateway"])]
+                print(f"\ntracing {percent}% minus tracing off, proxy CPU per request, per round: "
+                      f"{' '.join(f'{d:+.2f}' for d in deltas)} us; median {statistics.median(deltas):+.2f} us")
         mono, shadowed = "gateway, monolith side (dial 0)", "gateway, monolith side, shadow 10% to the service"
         if mono in results and shadowed in results:
             deltas = [a["cpu_us"] - b["cpu_us"] for a, b in zip(results[shadowed], results[mono])]

@@ -57,6 +57,7 @@ name = "users"
 prefix = "/api/users"
 service = "users"
 {ROUTE_EXTRA.get(variant, "")}
+{TELEMETRY.get(variant, "")}
 """
 
 
@@ -67,6 +68,14 @@ ROUTE_EXTRA = {
     "dial 0": "rollout_percent = 0",
     "shadow 10%": "rollout_percent = 0\nshadow = { percent = 10.0 }",
     "shadow 100%": "rollout_percent = 0\nshadow = { percent = 100.0, max_in_flight = 1000 }",
+}
+
+
+# The tracing variants export spans over OTLP/HTTP to the upstream (it answers the POST).
+TELEMETRY = {
+    f"trace {percent}%": f'[telemetry]\notlp_endpoint = "http://127.0.0.1:{UPSTREAM_PORTS[0]}"\n'
+                         f"trace_sample_percent = {percent}"
+    for percent in (0, 1, 100)
 }
 
 

@@ -264,6 +264,8 @@ pub struct Snapshot {
     pub router: Router,
     /// The certificates of the HTTPS listener, when `[server.tls]` is configured.
     pub tls: Option<Arc<crate::tls::Certificates>>,
+    /// The span exporter, when `[telemetry] otlp_endpoint` is set.
+    pub tracer: Option<Arc<crate::telemetry::trace::Tracer>>,
     /// Token verification, when `[auth]` is configured.
     pub auth: Option<Arc<gateway_plugin_auth::Authenticator>>,
     /// The `jwks_url` sources the authenticator verifies with; each fetches while a

@@ -30,6 +30,24 @@ pub struct FileConfig {
     /// `[[aggregates]]`: one call answered by several parts fetched in parallel.
     #[serde(default)]
     pub aggregates: Vec<FileAggregate>,
+    /// `[telemetry]`: OpenTelemetry span export.
+    pub telemetry: Option<Spanned<FileTelemetry>>,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTelemetry {
+    /// The collector's base URL; spans are POSTed to `/v1/traces` (OTLP/HTTP, protobuf).
+    pub otlp_endpoint: Option<Spanned<String>>,
+    /// Share of new traces recorded (0 to 100, steps of 0.01); a caller's sampled trace
+    /// is always continued, an unsampled one never.
+    pub trace_sample_percent: Option<Spanned<f64>>,
+    /// `service.name` of the exported spans; default "gateway".
+    pub service_name: Option<Spanned<String>>,
+    /// More resource attributes (`deployment.environment = "prod"`).
+    #[serde(default)]
+    pub resource_attributes: BTreeMap<String, String>,
 }
 
 /// One `[[aggregates]]` entry.

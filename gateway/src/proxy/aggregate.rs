@@ -18,9 +18,10 @@ use http::{Method, Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use tokio::time::Instant;
 
+use super::traced::traced_call;
 use crate::proxy::headers::{X_GATEWAY_ERROR, X_REQUEST_ID};
 use crate::snapshot::Snapshot;
-use crate::upstream::call::{CallFailure, call};
+use crate::upstream::call::CallFailure;
 use crate::upstream::{ResponseBody, UpstreamError};
 
 /// Set on a reply in which a non-required part failed.
@@ -120,7 +121,8 @@ async fn fetch(
 
     let max = aggregate.max_part_bytes;
     let exchange = async {
-        let response = match call(upstream, request).await {
+        let what = format!("aggregate part {} ->", part.name);
+        let response = match traced_call(snapshot.tracer.as_ref(), ctx, &what, upstream, request).await {
             Ok(response) => response,
             Err(CallFailure::Refused { .. }) => return PartResult::Failed(PartFailure::BreakerOpen),
             Err(CallFailure::Failed { error, .. }) => {

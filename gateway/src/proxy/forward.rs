@@ -22,29 +22,34 @@ use http_body_util::{Either, Full};
 use hyper::body::Body;
 
 use super::reply::ProxyError;
+use super::traced::traced_call;
 use super::{Selection, is_idempotent, run_exchange_hooks};
 use crate::snapshot::Route;
-use crate::upstream::call::{CallFailure, call};
+use crate::telemetry::trace::Tracer;
+use crate::upstream::call::CallFailure;
 use crate::upstream::{ClientFault, ResponseBody, Upstream, UpstreamBody, UpstreamError};
 
 /// Sends `request` (the head as matched) to the selected side and returns the response
 /// head to pass on. `exchange_hooks` are the plugins of the `upstream_exchange` phase.
 pub(super) async fn forward(
     exchange_hooks: &[Arc<dyn Plugin>],
+    tracer: Option<&Arc<Tracer>>,
     route: &Route,
     ctx: &mut RequestCtx,
     selection: Selection<'_>,
     request: Request<UpstreamBody>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let request = match (&route.service, selection.target) {
-        (Some(service), Target::Service) => match call_service(exchange_hooks, ctx, route, service, request).await {
-            ServiceResult::Answered(response) => return Ok(response),
-            ServiceResult::Failed(error) => return Err(error),
-            ServiceResult::FallBack { request, reason } => {
-                fell_back(ctx, route, service, reason);
-                request
+        (Some(service), Target::Service) => {
+            match call_service(exchange_hooks, tracer, ctx, route, service, request).await {
+                ServiceResult::Answered(response) => return Ok(response),
+                ServiceResult::Failed(error) => return Err(error),
+                ServiceResult::FallBack { request, reason } => {
+                    fell_back(ctx, route, service, reason);
+                    request
+                }
             }
-        },
+        }
         _ => {
             if let (true, Some(service)) = (selection.diverted, &route.service) {
                 fell_back(ctx, route, service, FallbackReason::BreakerOpen);
@@ -54,7 +59,8 @@ pub(super) async fn forward(
     };
     // The monolith side: the route's monolith, or the default upstream.
     let request = for_side(exchange_hooks, ctx, route, Target::Monolith, request);
-    call(&route.monolith, request).await.map_err(call_error)
+    let what = if ctx.fallback.is_some() { "fallback replay" } else { "upstream" };
+    traced_call(tracer, ctx, what, &route.monolith, request).await.map_err(call_error)
 }
 
 /// `request` as the upstream_exchange plugins prepare it for `side`.
@@ -144,6 +150,7 @@ enum ServiceResult {
 /// Calls the service, keeping what a safe replay needs (see the module rules).
 async fn call_service(
     exchange_hooks: &[Arc<dyn Plugin>],
+    tracer: Option<&Arc<Tracer>>,
     ctx: &RequestCtx,
     route: &Route,
     service: &Upstream,
@@ -175,7 +182,7 @@ async fn call_service(
         run_exchange_hooks(exchange_hooks, ctx, Exchange { route: route.id, side: Target::Service }, &mut parts);
         (Request::from_parts(parts, body), None)
     };
-    match call(service, request).await {
+    match traced_call(tracer, ctx, "upstream", service, request).await {
         Ok(response) if service.is_failure_status(response.status().as_u16()) && replay_copy.is_some() => {
             // The service's failure head is dropped unread: nothing of it reached the client.
             drop(response);

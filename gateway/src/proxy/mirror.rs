@@ -21,8 +21,10 @@ use hyper::body::Body;
 
 use super::forward::buffer;
 use super::reply::ProxyError;
+use super::traced::CallSpan;
 use crate::clock;
 use crate::snapshot::Route;
+use crate::telemetry::trace::Tracer;
 use crate::upstream::call::side_call;
 use crate::upstream::tee::BodyTee;
 use crate::upstream::{ResponseBody, UpstreamBody};
@@ -78,12 +80,13 @@ impl Mirrors {
         route: &Route,
         ctx: &RequestCtx,
         exchange_hooks: &[Arc<dyn Plugin>],
+        tracer: Option<&Arc<Tracer>>,
     ) {
         let status = response.status();
         let content_type = response.headers().get(CONTENT_TYPE).cloned();
         let Either::Left(body) = response.body_mut() else { return };
         let latency = clock::now().saturating_sub(ctx.started);
-        let sides = RouteSideRequests { route, ctx, exchange_hooks };
+        let sides = RouteSideRequests { route, ctx, exchange_hooks, tracer };
         let mut tee = BodyTee::default();
         for mirror in self.mirrors {
             let primary = PrimaryAnswer {
@@ -106,6 +109,8 @@ pub(crate) struct RouteSideRequests<'a> {
     pub(crate) route: &'a Route,
     pub(crate) ctx: &'a RequestCtx,
     pub(crate) exchange_hooks: &'a [Arc<dyn Plugin>],
+    /// The span exporter, when the request is traced: each copy is a child span.
+    pub(crate) tracer: Option<&'a Arc<Tracer>>,
 }
 
 impl RouteSides for RouteSideRequests<'_> {
@@ -120,6 +125,19 @@ impl RouteSides for RouteSideRequests<'_> {
         let (mut parts, body) = request.into_parts();
         let exchange = Exchange { route: self.route.id, side };
         super::run_exchange_hooks(self.exchange_hooks, self.ctx, exchange, &mut parts);
-        side_call(upstream, Request::from_parts(parts, body), max_body_bytes)
+        let what = if side == Target::Service { "shadow copy" } else { "shadow noise sample" };
+        let span = CallSpan::start(self.tracer, self.ctx, what, &upstream, &mut parts.headers);
+        let call = side_call(upstream, Request::from_parts(parts, body), max_body_bytes);
+        match span {
+            None => call,
+            Some(span) => Box::pin(async move {
+                let result = call.await;
+                match &result {
+                    Ok(answer) => span.answered(answer.status().as_u16()),
+                    Err(error) => span.failed(error.to_string()),
+                }
+                result
+            }),
+        }
     }
 }

@@ -42,6 +42,7 @@ mod mirror;
 pub(crate) mod reply;
 #[cfg(test)]
 mod tests;
+mod traced;
 pub mod upgrade;
 
 use std::net::IpAddr;
@@ -103,14 +104,17 @@ pub(crate) async fn handle(
     peer: &Peer,
 ) -> Response<ResponseBody> {
     let request_id = headers::request_id(request.headers());
+    let traced = snapshot.tracer.as_ref().and_then(|tracer| tracer.begin(request.headers()));
     let mut in_flight = InFlight {
         grpc: reply::is_grpc(request.version(), request.headers()),
         method: request.method().clone(),
         ctx: RequestCtx::new(request_id, clock::now()),
         gateway_error: None,
         completed: false,
+        traced,
         snapshot,
     };
+    in_flight.ctx.trace = traced.map(|begun| begun.context);
     let result = run(&in_flight.snapshot, &mut in_flight.ctx, request, peer).await;
     let response = respond(&mut in_flight, result);
     in_flight.complete(response.status());
@@ -170,14 +174,15 @@ async fn run(
         }
     }
     let request = Request::from_parts(parts, body);
-    let mut response = forward::forward(&plugins.upstream_exchange, route, ctx, selection, request).await?;
+    let tracer = snapshot.tracer.as_ref();
+    let mut response = forward::forward(&plugins.upstream_exchange, tracer, route, ctx, selection, request).await?;
     match pending {
         Some(pending) => upgrade::accept(pending, &mut response).map_err(|_| ProxyError::WrongUpgrade)?,
         None if response.status() == StatusCode::SWITCHING_PROTOCOLS => return Err(ProxyError::WrongUpgrade),
         None => {}
     }
     if let Some(mirrors) = mirrors {
-        mirrors.start(&mut response, route, ctx, &plugins.upstream_exchange);
+        mirrors.start(&mut response, route, ctx, &plugins.upstream_exchange, tracer);
     }
     Ok(response)
 }
@@ -399,6 +404,8 @@ struct InFlight {
     /// The `x-gateway-error` code when the gateway answered by itself.
     gateway_error: Option<&'static str>,
     completed: bool,
+    /// The request's server span, when it is traced.
+    traced: Option<crate::telemetry::trace::Begun>,
 }
 
 impl InFlight {
@@ -421,6 +428,53 @@ impl InFlight {
         if self.snapshot.server.access_log {
             self.access_log(&outcome);
         }
+        if let (Some(begun), Some(tracer)) = (self.traced, &self.snapshot.tracer) {
+            self.server_span(begun, tracer, &outcome);
+        }
+    }
+
+    /// The request's server span: route, side, upstream, status, the gateway's error code.
+    fn server_span(
+        &self,
+        begun: crate::telemetry::trace::Begun,
+        tracer: &crate::telemetry::trace::Tracer,
+        outcome: &Outcome,
+    ) {
+        use crate::telemetry::trace::{AttributeValue::*, FinishedSpan, Kind, unix_nanos};
+        let route = self.ctx.route.map(|id| self.snapshot.route(id).name.to_string());
+        let mut attributes = vec![
+            ("http.request.method", Text(self.method.as_str().to_owned())),
+            ("url.path", Text(self.ctx.path.clone())),
+            ("http.response.status_code", Int(i64::from(outcome.status.as_u16()))),
+        ];
+        if let Some(route) = &route {
+            attributes.push(("http.route", Text(route.clone())));
+        }
+        if let Some(target) = self.ctx.target {
+            attributes.push(("gateway.side", Text(target.as_str().to_owned())));
+        }
+        if let Some(upstream) = &self.ctx.upstream {
+            attributes.push(("gateway.upstream", Text(upstream.to_string())));
+        }
+        if let Some(reason) = self.ctx.fallback {
+            attributes.push(("gateway.fallback", Text(reason.as_str().to_owned())));
+        }
+        if let Some(code) = outcome.gateway_error {
+            attributes.push(("gateway.error", Text(code.to_owned())));
+        }
+        tracer.record(FinishedSpan {
+            trace_id: begun.context.trace_id,
+            span_id: begun.context.span_id,
+            parent: begun.parent,
+            name: format!("{} {}", self.method, route.as_deref().unwrap_or("_default")),
+            kind: Kind::Server,
+            start_unix_nanos: begun.start_unix_nanos,
+            end_unix_nanos: unix_nanos(),
+            attributes,
+            error: (outcome.status.is_server_error()).then(|| {
+                outcome.gateway_error.map_or_else(|| format!("status {}", outcome.status.as_u16()), str::to_owned)
+            }),
+        });
     }
 
     fn access_log(&self, outcome: &Outcome) {

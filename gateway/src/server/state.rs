@@ -131,4 +131,7 @@ fn start_health_checks(snapshot: &Snapshot) {
     for source in &snapshot.jwks_sources {
         source.start();
     }
+    if let Some(tracer) = &snapshot.tracer {
+        tracer.start();
+    }
 }

@@ -3,6 +3,7 @@
 
 pub mod access;
 pub(crate) mod stats;
+pub mod trace;
 
 use std::sync::OnceLock;
 

@@ -207,6 +207,17 @@ pub struct RequestCtx {
     pub upstream: Option<Arc<str>>,
     /// Why a request meant for the service was answered by the monolith. Set by forwarding.
     pub fallback: Option<FallbackReason>,
+    /// The request's span when it is traced (sampled): calls made for it are its children.
+    pub trace: Option<TraceContext>,
+}
+
+/// A W3C trace context: the trace and the span that calls made for a request descend from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The trace, kept from the caller's `traceparent` or new.
+    pub trace_id: [u8; 16],
+    /// The gateway's span for the request.
+    pub span_id: [u8; 8],
 }
 
 impl RequestCtx {
@@ -223,6 +234,7 @@ impl RequestCtx {
             target: None,
             upstream: None,
             fallback: None,
+            trace: None,
         }
     }
 }

@@ -26,5 +26,6 @@ mod routing;
 mod shadow;
 mod streaming;
 mod tls;
+mod traces;
 mod transforms;
 mod websocket;

@@ -10,6 +10,7 @@ mod auth;
 mod rollout;
 mod routes;
 mod server;
+mod telemetry;
 mod upstreams;
 
 use std::collections::{BTreeMap, HashSet};
@@ -150,6 +151,8 @@ struct Checked {
     policy_tables: Vec<CompiledSections>,
     /// `[server.tls]`, loaded.
     tls: Option<Certificates>,
+    /// `[telemetry]`: span export, when configured.
+    tracing: Option<crate::telemetry::trace::TraceSettings>,
 }
 
 struct CheckedRoute {
@@ -202,6 +205,7 @@ impl Checker<'_> {
         known_upstream(self, &file.server.default_upstream);
         let server = self.check_server(&file.server, &file.upstreams);
         let tls = self.check_tls(&file.server);
+        let tracing = self.check_telemetry(file.telemetry.as_ref());
 
         let auth = file.auth.as_ref().and_then(|auth| self.check_auth(auth));
         let has_auth = file.auth.is_some();
@@ -252,6 +256,7 @@ impl Checker<'_> {
             1 + file.routes.len() + aggregates.len(),
         );
         Some(Checked {
+            tracing: tracing?,
             tls: tls?,
             policy_tables,
             aggregates,
@@ -483,6 +488,14 @@ fn build(checked: Checked, meta: ConfigMeta, previous: Option<&Snapshot>, regist
         auth: authenticator,
         jwks_sources,
         tls: checked.tls.map(Arc::new),
+        // Unchanged settings keep the tracer, and so its queue and export task.
+        tracer: checked.tracing.map(|settings| {
+            previous
+                .and_then(|p| p.tracer.as_ref())
+                .filter(|t| *t.settings() == settings)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(crate::telemetry::trace::Tracer::new(settings)))
+        }),
         policies,
         plugins: PhasePlugins::new(plugins),
         route_stats: std::sync::OnceLock::new(),
