@@ -122,7 +122,8 @@ async fn fetch(
     let max = aggregate.max_part_bytes;
     let exchange = async {
         let what = format!("aggregate part {} ->", part.name);
-        let response = match traced_call(snapshot.tracer.as_ref(), ctx, &what, upstream, request).await {
+        let result = traced_call!(snapshot.tracer.as_ref(), ctx, &what, upstream, request);
+        let response = match result {
             Ok(response) => response,
             Err(CallFailure::Refused { .. }) => return PartResult::Failed(PartFailure::BreakerOpen),
             Err(CallFailure::Failed { error, .. }) => {

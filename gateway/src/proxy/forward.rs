@@ -60,7 +60,8 @@ pub(super) async fn forward(
     // The monolith side: the route's monolith, or the default upstream.
     let request = for_side(exchange_hooks, ctx, route, Target::Monolith, request);
     let what = if ctx.fallback.is_some() { "fallback replay" } else { "upstream" };
-    traced_call(tracer, ctx, what, &route.monolith, request).await.map_err(call_error)
+    let result = traced_call!(tracer, ctx, what, &route.monolith, request);
+    result.map_err(call_error)
 }
 
 /// `request` as the upstream_exchange plugins prepare it for `side`.
@@ -182,7 +183,8 @@ async fn call_service(
         run_exchange_hooks(exchange_hooks, ctx, Exchange { route: route.id, side: Target::Service }, &mut parts);
         (Request::from_parts(parts, body), None)
     };
-    match traced_call(tracer, ctx, "upstream", service, request).await {
+    let result = traced_call!(tracer, ctx, "upstream", service, request);
+    match result {
         Ok(response) if service.is_failure_status(response.status().as_u16()) && replay_copy.is_some() => {
             // The service's failure head is dropped unread: nothing of it reached the client.
             drop(response);

@@ -428,7 +428,7 @@ impl InFlight {
         if self.snapshot.server.access_log {
             self.access_log(&outcome);
         }
-        if let (Some(begun), Some(tracer)) = (self.traced, &self.snapshot.tracer) {
+        if let (Some(begun), Some(tracer)) = (self.traced.as_ref(), &self.snapshot.tracer) {
             self.server_span(begun, tracer, &outcome);
         }
     }
@@ -436,7 +436,7 @@ impl InFlight {
     /// The request's server span: route, side, upstream, status, the gateway's error code.
     fn server_span(
         &self,
-        begun: crate::telemetry::trace::Begun,
+        begun: &crate::telemetry::trace::Begun,
         tracer: &crate::telemetry::trace::Tracer,
         outcome: &Outcome,
     ) {

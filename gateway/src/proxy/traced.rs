@@ -2,14 +2,16 @@
 //! replay, each aggregate part, each shadow copy. Each callee gets `traceparent` naming
 //! its call's span as the parent. An untraced request pays one `None` check per call.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use gateway_plugin_api::RequestCtx;
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, Response};
 
 use crate::telemetry::trace::{AttributeValue, ChildSpan, Tracer};
-use crate::upstream::call::{CallFailure, call};
-use crate::upstream::{ResponseBody, Upstream, UpstreamBody};
+use crate::upstream::call::CallFailure;
+use crate::upstream::{ResponseBody, Upstream};
 
 /// A call in progress for a traced request.
 pub(crate) struct CallSpan {
@@ -51,22 +53,39 @@ impl CallSpan {
     }
 }
 
-/// [`call`] with a span when the request is traced.
-pub(crate) async fn traced_call(
-    tracer: Option<&Arc<Tracer>>,
-    ctx: &RequestCtx,
-    what: &str,
-    upstream: &Upstream,
-    mut request: Request<UpstreamBody>,
-) -> Result<Response<ResponseBody>, CallFailure> {
-    let span = CallSpan::start(tracer, ctx, what, upstream, request.headers_mut());
-    let result = call(upstream, request).await;
-    if let Some(span) = span {
-        match &result {
-            Ok(response) => span.answered(response.status().as_u16()),
-            Err(CallFailure::Refused { .. }) => span.failed("the circuit breaker is open".to_owned()),
-            Err(CallFailure::Failed { error, .. }) => span.failed(error.to_string()),
-        }
+impl CallSpan {
+    /// Runs `call` inside this span (boxed: only traced calls pay for it).
+    pub(crate) fn around<'a>(
+        self,
+        call: impl Future<Output = CallResult> + Send + 'a,
+    ) -> Pin<Box<dyn Future<Output = CallResult> + Send + 'a>> {
+        Box::pin(async move {
+            let result = call.await;
+            match &result {
+                Ok(response) => self.answered(response.status().as_u16()),
+                Err(CallFailure::Refused { .. }) => self.failed("the circuit breaker is open".to_owned()),
+                Err(CallFailure::Failed { error, .. }) => self.failed(error.to_string()),
+            }
+            result
+        })
     }
-    result
 }
+
+/// What a call gives.
+pub(crate) type CallResult = Result<Response<ResponseBody>, CallFailure>;
+
+/// `call(upstream, request).await`, inside a span when the request is traced. A macro so
+/// that an untraced call is awaited exactly where it was: no wrapper future, nothing
+/// more for every request to move (callgrind measured a wrapper at about 500
+/// instructions a request).
+macro_rules! traced_call {
+    ($tracer:expr, $ctx:expr, $what:expr, $upstream:expr, $request:expr) => {{
+        let mut request = $request;
+        let upstream = $upstream;
+        match $crate::proxy::traced::CallSpan::start($tracer, $ctx, $what, upstream, request.headers_mut()) {
+            None => $crate::upstream::call::call(upstream, request).await,
+            Some(span) => span.around($crate::upstream::call::call(upstream, request)).await,
+        }
+    }};
+}
+pub(crate) use traced_call;

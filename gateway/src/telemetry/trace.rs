@@ -32,6 +32,9 @@ use tokio::sync::mpsc;
 
 use crate::tls::UpstreamTls;
 
+/// The W3C header.
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
 /// Spans waiting for export at most; more are dropped.
 pub const QUEUE: usize = 4096;
 /// Spans per export request at most.
@@ -139,7 +142,7 @@ impl Tracer {
     /// The trace context for a request with these headers, when it is to be recorded;
     /// `None` leaves the request untraced (its `traceparent`, if any, passes on as is).
     pub fn begin(&self, headers: &HeaderMap) -> Option<Begun> {
-        match headers.get("traceparent").and_then(parse_traceparent) {
+        match headers.get(&TRACEPARENT).and_then(parse_traceparent) {
             Some(parent) if parent.sampled => Some(Begun {
                 context: TraceContext { trace_id: parent.trace_id, span_id: new_span_id() },
                 parent: Some(parent.span_id),
@@ -209,7 +212,7 @@ impl ChildSpan {
 
     /// Sets this span as the parent in `headers` (replacing a caller's).
     pub fn inject(&self, headers: &mut HeaderMap) {
-        headers.insert("traceparent", self.traceparent());
+        headers.insert(&TRACEPARENT, self.traceparent());
     }
 
     /// Records the span as finished now, with its callee's status or its error.
