@@ -257,11 +257,12 @@ pub fn parse_traceparent(value: &HeaderValue) -> Option<TraceParent> {
     let text = value.to_str().ok()?.trim();
     let mut parts = text.split('-');
     let (version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    if version.len() != 2 || version == "ff" || (version == "00" && parts.next().is_some()) {
+    // Version ff is invalid; 00 has exactly four fields; a later version may have more,
+    // and is read as 00.
+    let _: [u8; 1] = unhex(version)?;
+    if version == "ff" || (version == "00" && parts.next().is_some()) {
         return None;
     }
-    let version = u8::from_str_radix(version, 16).ok()?;
-    let _ = version;
     let trace_id: [u8; 16] = unhex(trace)?;
     let span_id: [u8; 8] = unhex(span)?;
     let flags: [u8; 1] = unhex(flags)?;
