@@ -5,7 +5,8 @@
 
 For each gateway binary (for example target/release/gateway and one built from an older
 commit) and each config variant (plain proxy; access log on, to a file; three endpoints
-with least_request; with --variants also "dial 0", "shadow 10%", "shadow 100%"), starts the gateway under `valgrind --tool=callgrind` with
+with least_request; with --variants also "dial 0", "shadow 10%", "shadow 100%", "trace 0%",
+"trace 1%", "trace 100%"), starts the gateway under `valgrind --tool=callgrind` with
 instrumentation off, warms it up, switches it on, runs wrk against it, dumps, and prints the
 user-space instructions per request (all threads: the worker and the log writer). The
 kernel's share (loopback TCP) is not counted, so this is the part our code decides.
@@ -13,6 +14,8 @@ callgrind counts are repeatable for the same binary and input, whatever else the
 runs; wall-clock figures under valgrind mean nothing, so none are printed.
 
 The upstream is an nginx answering a fixed 22-byte body on three ports (as compare.py's).
+With --keep-profiles DIR each measurement's callgrind dump is copied there, so two builds
+can be compared function by function with callgrind_annotate.
 """
 
 import argparse
@@ -125,6 +128,8 @@ def main():
     parser.add_argument("--requests-seconds", type=int, default=6, help="seconds of load per measurement")
     parser.add_argument("--connections", type=int, default=10)
     parser.add_argument("--variants", default="plain,access log,3 endpoints")
+    parser.add_argument("--keep-profiles", type=Path,
+                        help="copy each measurement's callgrind dump here (for callgrind_annotate)")
     args = parser.parse_args()
     need("nginx", "nginx-light")
     need("wrk", "wrk")
@@ -154,6 +159,10 @@ def main():
                     continue
                 print(f"{binary} {variant}: {per_request:,.0f} instructions/request over {requests} requests",
                       file=sys.stderr)
+                if args.keep_profiles:
+                    args.keep_profiles.mkdir(parents=True, exist_ok=True)
+                    for dump in Path(work).glob("callgrind.out.*"):
+                        shutil.copy(dump, args.keep_profiles / f"{binary.name}-{variant.replace(' ', '_')}-{dump.name}")
                 cells.append(f"{per_request:,.0f}")
             print(f"| {binary} | " + " | ".join(cells) + " |")
             time.sleep(0.5)
