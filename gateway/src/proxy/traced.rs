@@ -32,7 +32,7 @@ impl CallSpan {
         headers: &mut HeaderMap,
     ) -> Option<CallSpan> {
         let (tracer, parent) = (tracer?, ctx.trace.as_ref()?);
-        let span = tracer.child(parent, format!("{what} {}", upstream.name));
+        let span = ChildSpan::start(parent, format!("{what} {}", upstream.name));
         span.inject(headers);
         Some(CallSpan { tracer: tracer.clone(), span, upstream: upstream.name.clone() })
     }

@@ -415,8 +415,8 @@ where
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
     tokio::spawn(async move {
-        let mut shutdown = open.shutdown.clone();
-        let progress = open.progress.clone();
+        let mut open = open;
+        let OpenConnection { shutdown, progress, .. } = &mut open;
         tokio::pin!(connection);
         let first_head = tokio::time::sleep(first_head_deadline);
         tokio::pin!(first_head);
@@ -435,7 +435,7 @@ where
                         return;
                     }
                 }
-                _ = stopped(&mut shutdown), if !draining => {
+                _ = stopped(shutdown), if !draining => {
                     draining = true;
                     quiet_since = tokio::time::Instant::now();
                 }

@@ -169,17 +169,6 @@ impl Tracer {
             metrics::counter!(SPANS_DROPPED_TOTAL, "reason" => "queue_full").increment(1);
         }
     }
-
-    /// A child span of `parent` for a call, started now.
-    pub fn child(&self, parent: &TraceContext, name: String) -> ChildSpan {
-        ChildSpan {
-            trace_id: parent.trace_id,
-            parent: parent.span_id,
-            span_id: new_span_id(),
-            name,
-            start_unix_nanos: unix_nanos(),
-        }
-    }
 }
 
 /// A request the tracer records.
@@ -204,6 +193,17 @@ pub struct ChildSpan {
 }
 
 impl ChildSpan {
+    /// A child span of `parent` for a call, started now.
+    pub fn start(parent: &TraceContext, name: String) -> Self {
+        ChildSpan {
+            trace_id: parent.trace_id,
+            parent: parent.span_id,
+            span_id: new_span_id(),
+            name,
+            start_unix_nanos: unix_nanos(),
+        }
+    }
+
     /// The `traceparent` the callee gets: this span as its parent, sampled.
     pub fn traceparent(&self) -> HeaderValue {
         HeaderValue::from_str(&format!("00-{}-{}-01", hex(&self.trace_id), hex(&self.span_id)))
@@ -505,7 +505,7 @@ mod tests {
         let begun = tracer.begin(&headers).expect("a sampled caller is continued");
         assert_eq!(hex(&begun.context.trace_id), "0af7651916cd43dd8448eb211c80319c");
         assert_eq!(begun.parent.map(|p| hex(&p)).as_deref(), Some("b7ad6b7169203331"));
-        let child = tracer.child(&begun.context, "upstream users".to_owned());
+        let child = ChildSpan::start(&begun.context, "upstream users".to_owned());
         let sent = parse_traceparent(&child.traceparent()).unwrap();
         assert_eq!((sent.trace_id, sent.sampled), (begun.context.trace_id, true));
         assert_ne!(sent.span_id, begun.context.span_id, "the callee's parent is the client span");
